@@ -1,0 +1,69 @@
+"""Forget sets: which training samples an unlearning method must forget.
+
+Two scenarios, both standard in the literature: a whole class (`class`, value = class index) or a random,
+stratified fraction of the training set (`fraction`, value in (0, 1), drawn from the grid seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from cvmf_ray.datasets import ImageData
+
+SPLITS = ("test", "forget_test", "retain_test", "forget_train", "retain_train")
+
+
+@dataclass(frozen=True)
+class ForgetSpec:
+    kind: Literal["class", "fraction"]
+    value: float
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "value": self.value}
+
+    @property
+    def forget_class(self) -> int | None:
+        return int(self.value) if self.kind == "class" else None
+
+    @property
+    def forget_fraction(self) -> float | None:
+        return float(self.value) if self.kind == "fraction" else None
+
+    def __str__(self) -> str:
+        return f"class {int(self.value)}" if self.kind == "class" else f"{self.value:.0%} random"
+
+
+def forget_mask(spec: ForgetSpec, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Boolean mask over training samples: True = in the forget set."""
+    if spec.kind == "class":
+        return labels == int(spec.value)
+    index = np.arange(len(labels))
+    forget, _ = train_test_split(index, train_size=spec.value, stratify=labels.numpy(), random_state=seed)
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    mask[torch.from_numpy(forget)] = True
+    return mask
+
+
+def split_data(data: ImageData, spec: ForgetSpec, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The five evaluation splits as uint8 images + labels.
+
+    Random-sample forgetting has no forget-class test images: `forget_test` is empty there (its metrics
+    are null) and `retain_test` is the whole test set.
+    """
+    train_forget = forget_mask(spec, data.train_y, seed)
+    if spec.kind == "class":
+        test_forget = data.test_y == int(spec.value)
+    else:
+        test_forget = torch.zeros(len(data.test_y), dtype=torch.bool)
+    return {
+        "test": (data.test_x, data.test_y),
+        "forget_test": (data.test_x[test_forget], data.test_y[test_forget]),
+        "retain_test": (data.test_x[~test_forget], data.test_y[~test_forget]),
+        "forget_train": (data.train_x[train_forget], data.train_y[train_forget]),
+        "retain_train": (data.train_x[~train_forget], data.train_y[~train_forget]),
+    }

@@ -1,0 +1,22 @@
+"""torchvision ResNets with the small-image stem used for CIFAR/MNIST-sized inputs.
+
+The ImageNet stem (7×7 stride-2 conv + max-pool) shrinks a 32×32 image to 8×8 before the first block;
+the CIFAR convention replaces it by a 3×3 stride-1 conv and drops the max-pool.
+"""
+
+import torchvision
+from torch import nn
+
+from cvmf_ray.models import MODELS
+
+
+def small_image_resnet(builder, in_channels: int, num_classes: int) -> nn.Module:
+    model = builder(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+@MODELS.register("resnet18")
+def resnet18(in_channels: int, num_classes: int) -> nn.Module:
+    return small_image_resnet(torchvision.models.resnet18, in_channels, num_classes)

@@ -1,0 +1,66 @@
+"""Stage 4: evaluate one model on the five splits: accuracy, macro precision/recall/F1, loss.
+
+Logits are computed once per split in large batches under `inference_mode`; every metric is derived
+from them (scikit-learn for the classification metrics).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from torch import nn
+
+from cvmf_ray.data import normalize
+
+METRICS = ("accuracy", "precision", "recall", "f1", "loss")
+
+
+def evaluate(
+    model: nn.Module,
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1024,
+) -> dict:
+    """`splits` maps a split name to (uint8 images, labels). Empty splits give null metrics."""
+    started = time.perf_counter()
+    model.eval()
+    metrics: dict = {}
+    for split, (x, y) in splits.items():
+        logits = predict(model, x, mean, std, device, batch_size)
+        metrics.update({f"{split}_{k}": v for k, v in classification_metrics(logits, y).items()})
+    metrics["eval_seconds"] = time.perf_counter() - started
+    return metrics
+
+
+@torch.inference_mode()
+def predict(model, x, mean, std, device, batch_size: int) -> torch.Tensor:
+    """fp32 logits on the CPU for uint8 images `x`, normalised with the evaluation transform."""
+    outputs = [
+        model(normalize(x[i : i + batch_size].to(device), mean, std)).float().cpu()
+        for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict:
+    if len(y) == 0:
+        return dict.fromkeys(METRICS)
+    pred = logits.argmax(1).numpy()
+    truth = y.numpy()
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        truth, pred, labels=np.unique(truth), average="macro", zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(truth, pred)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "loss": float(F.cross_entropy(logits, y).item()),
+    }

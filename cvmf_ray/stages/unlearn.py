@@ -1,0 +1,49 @@
+"""Stage 2: apply one unlearning method to a trained model, given the forget and retain sets."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from cvmf_ray.data import Augment
+from cvmf_ray.datasets import ImageData
+from cvmf_ray.errors import CellError
+from cvmf_ray.forget import ForgetSpec, forget_mask
+from cvmf_ray.methods import UnlearnData, resolve_method
+
+
+def unlearn(
+    model: nn.Module,
+    data: ImageData,
+    forget: ForgetSpec,
+    method: str,
+    hparams: dict,
+    *,
+    seed: int = 0,
+    augment: Augment = Augment(),
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict]:
+    """Return the unlearnt model (eval mode) and `{"unlearn_seconds"}`.
+
+    `hparams` are the method's resolved parameters (see `Method.resolve_params`).
+    """
+    entry = resolve_method(method)
+    if entry.fn is None:
+        raise ValueError(f"method {method!r} is served by the train stage, not by unlearn()")
+    mask = forget_mask(forget, data.train_y, seed)
+    bundle = UnlearnData(
+        forget_x=data.train_x[mask].to(device), forget_y=data.train_y[mask].to(device),
+        retain_x=data.train_x[~mask].to(device), retain_y=data.train_y[~mask].to(device),
+        num_classes=data.num_classes, mean=data.mean, std=data.std,
+        augment=augment, device=torch.device(device), seed=seed,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    model.to(device).train()
+    model = entry.fn(model, bundle, entry.params(**hparams))
+    seconds = time.perf_counter() - started
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise CellError(f"{method} diverged: the unlearnt weights contain NaN or inf")
+    return model.eval(), {"unlearn_seconds": seconds}
