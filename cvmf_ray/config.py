@@ -31,7 +31,8 @@ class TrainRecipe(BaseModel):
     crop_padding: int = Field(0, ge=0)  # RandomCrop(size, padding=crop_padding); 0 disables
     flip: bool = False  # RandomHorizontalFlip (off for digits: a mirrored 2 is no 2)
     checkpoint_every: int = Field(1, ge=1)  # epochs between resumable checkpoints
-    compile: bool = False  # torch.compile the model (CUDA only; pays off for runs of many epochs)
+    compile: bool = False  # torch.compile the model (pays off on CUDA for runs of many epochs)
+    bf16: bool = True  # bf16 autocast on CUDA (weights and optimizer stay fp32); CPU always trains in fp32
 
 
 class GridConfig(BaseModel):
@@ -43,7 +44,7 @@ class GridConfig(BaseModel):
     models: list[str] = ["small_cnn"]
     datasets: list[str] = ["digits"]
     methods: list[str] = ["original", "retrain", "finetune", "gradient_ascent", "random_label"]
-    quant: list[str] = ["fp32", "fp16", "bf16", "int8"]
+    quant: list[str] = ["fp32", "fp16", "bf16", "int8_weight"]
     forget_classes: list[int] | Literal["all"] = [0]
     forget_fractions: list[float] = []
     seeds: list[int] = [0]
@@ -142,6 +143,8 @@ def _check_names(config: GridConfig) -> None:
                     raise UsageError(
                         f"forget class {c} is out of range for {name!r} (classes 0..{spec.num_classes - 1})"
                     )
+    if config.address and (config.gpus is not None or config.cpus is not None):
+        raise UsageError("--gpus/--cpus size a local Ray instance; with --address the cluster's resources are used")
     for duplicated in ("models", "datasets", "methods", "quant", "seeds"):
         values = getattr(config, duplicated)
         if len(set(values)) != len(values):

@@ -1,0 +1,3 @@
+from cvmf_ray.cli import main
+
+main()

@@ -1,0 +1,285 @@
+"""The Ray Tune layer: one `tune.Tuner` per stage wave over that wave's unfinished cells.
+
+Cheap cells of one stage are batched into as many trials as can run at once (Ray's per-trial overhead
+is ~1 s on a small machine); each training cell gets a trial of its own so its epoch checkpoints resume
+it mid-way after a retry. Parents travel as driver-owned object refs (`tune.with_parameters`), with the
+artifact on storage as the durable fallback. Resume is the runner's: finished cells are never put in a
+wave; an interrupted wave is first restored with `Tuner.restore(..., resume_errored=True)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import ray
+import torch
+from ray import tune
+
+from cvmf_ray.config import GridConfig
+from cvmf_ray.errors import UsageError
+from cvmf_ray.grid import STAGES, Cell, Grid, digest
+from cvmf_ray.store import CorruptArtifact, RunStore, StorageFull
+from cvmf_ray.trial import CellWorker, stage_trial
+
+PARENT_REF_BUDGET_BYTES = 2 << 30  # beyond this, trials read parents from storage instead of the object store
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Resources:
+    cpus_per_trial: float
+    gpus_per_trial: float
+    slots: int  # trials that fit at once
+
+
+def connect(config: GridConfig, log: Log) -> Resources:
+    """Start a local Ray (or join `config.address`) and check the per-trial request fits."""
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # fresher experiment state after a crash
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no config boxes: Progress prints one line per trial
+    if config.address:
+        _join(config.address)
+    else:
+        local_gpus = torch.cuda.device_count()
+        if config.gpus is not None and config.gpus > local_gpus:
+            raise UsageError(f"--gpus {config.gpus} asks for more GPUs than this machine has ({local_gpus})")
+        _start_local_ray(config, local_gpus)
+    try:
+        return _plan_resources(config, log)
+    except UsageError:
+        ray.shutdown()
+        raise
+
+
+def _start_local_ray(config: GridConfig, local_gpus: int) -> None:
+    ray.init(
+        address="local",
+        num_cpus=config.cpus or os.cpu_count(),
+        num_gpus=local_gpus if config.gpus is None else config.gpus,
+        include_dashboard=config.dashboard,
+        dashboard_host="127.0.0.1",
+        logging_level=logging.WARNING,
+        configure_logging=True,
+    )
+
+
+def _join(address: str) -> None:
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except Exception as err:  # ConnectionError, AuthenticationError, ...: all mean "cannot join"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(
+            f"cannot join the Ray cluster at {address!r} ({reason}); a token-authenticated cluster "
+            "(Ray 2.60's default) needs RAY_AUTH_MODE=token in this environment"
+        ) from None
+
+
+def _plan_resources(config: GridConfig, log: Log) -> Resources:
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    gpus_per_trial = config.gpus_per_trial if config.gpus_per_trial is not None else (1.0 if gpus else 0.0)
+    if gpus_per_trial > 0:
+        largest = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)
+        if gpus_per_trial > largest:
+            raise UsageError(
+                f"--gpus-per-trial {gpus_per_trial:g} cannot be satisfied: the largest node has {largest:g} GPU(s) "
+                f"(cluster total {gpus:g}); Ray would leave such trials pending forever"
+            )
+    cpus_per_trial = 1.0 if cpus >= 1 else cpus
+    slots = int(cpus // cpus_per_trial) if cpus_per_trial else 1
+    if gpus_per_trial > 0:
+        slots = min(slots, int(gpus // gpus_per_trial))
+    log(f"Ray: {cpus:g} CPU, {gpus:g} GPU; each trial takes {cpus_per_trial:g} CPU + {gpus_per_trial:g} GPU")
+    return Resources(cpus_per_trial, gpus_per_trial, max(slots, 1))
+
+
+def batch_cells(stage: str, cells: list[Cell], slots: int) -> list[list[Cell]]:
+    """Training: a trial per cell (its checkpoints are per trial). Other stages: at most `slots` trials."""
+    if stage == "train":
+        return [[c] for c in cells]
+    count = min(slots, len(cells))
+    return [cells[i::count] for i in range(count)]
+
+
+class Progress(tune.Callback):
+    """One line per finished or failed trial instead of Tune's verbose tables."""
+
+    def __init__(self, stage: str, log: Log) -> None:
+        self.stage, self.log, self.started = stage, log, time.perf_counter()
+
+    def _line(self, trial, mark: str) -> None:
+        cells = [Cell(**c) for c in trial.config["batch"]["cells"]]
+        label = cells[0].describe() if len(cells) == 1 else f"{len(cells)} cells"
+        self.log(f"  {mark} {self.stage}: {label} ({time.perf_counter() - self.started:.1f} s)")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "FAILED")
+
+
+class GridRunner:
+    """Runs a grid's stages in order, one wave at a time, skipping everything already finished."""
+
+    def __init__(self, config: GridConfig, grid: Grid, store: RunStore, resources: Resources, log: Log) -> None:
+        self.config, self.grid, self.store, self.resources, self.log = config, grid, store, resources, log
+        self.started = time.time()
+        self.failed: dict[str, str] = {}
+        # CPU-only runs reuse one warm process per slot across all waves ("reuse actors for CPU stages")
+        cpu_only = resources.gpus_per_trial == 0
+        self.workers = [CellWorker.remote() for _ in range(resources.slots)] if cpu_only else None
+
+    def run(self) -> dict[str, str]:
+        """Returns {key: error} for every cell that failed (or could not run) in this invocation."""
+        self._discard_corrupt_parents()
+        for stage in STAGES:
+            pending = self._runnable(stage)
+            if pending:
+                self._run_stage(stage, pending)
+        return self.failed
+
+    def _runnable(self, stage: str) -> list[Cell]:
+        """Unfinished cells of `stage`; those whose parent failed are marked failed instead."""
+        runnable = []
+        for cell in self.grid.stage(stage):
+            if self.store.is_done(cell.key):
+                continue
+            if cell.parent is not None and not self.store.is_done(cell.parent):
+                reason = self.failed.get(cell.parent, "did not finish")
+                parent = self.grid.cells[cell.parent]
+                self._fail(cell.key, f"{parent.stage} cell {parent.key} failed: {reason.split(' failed: ')[-1]}")
+                continue
+            runnable.append(cell)
+        return runnable
+
+    def _fail(self, key: str, error: str) -> None:
+        self.failed[key] = error
+        self.store.save_failure(key, error)
+
+    def _discard_corrupt_parents(self) -> None:
+        """Verify (SHA-256) every finished artifact that unfinished work will read; recompute bad ones."""
+        checked: set[str] = set()
+        while True:
+            needed = {
+                c.parent
+                for c in self.grid.cells.values()
+                if c.parent is not None and c.parent not in checked and not self.store.is_done(c.key)
+            }
+            needed = {k for k in needed if self.store.is_done(k)}
+            if not needed:
+                return
+            for key in needed:
+                checked.add(key)
+                try:
+                    self.store.load_artifact(key)
+                except CorruptArtifact as err:
+                    self.log(f"warning: {err}; recomputing it")
+                    self.store.discard_artifact(key)
+
+    def _run_stage(self, stage: str, cells: list[Cell]) -> None:
+        self.log(f"[{stage}] {len(cells)} cell(s) to run")
+        restored = self._restore_interrupted_wave(stage, cells)
+        if restored:
+            cells = [c for c in cells if not self.store.is_done(c.key) and not self._failed_now(c.key)]
+        if cells:
+            self._fresh_wave(stage, cells)
+        for cell in self.grid.stage(stage):
+            if not self.store.is_done(cell.key) and self._failed_now(cell.key):
+                self.failed[cell.key] = self.store.failures().get(cell.key, "failed")
+
+    def _failed_now(self, key: str) -> bool:
+        record = self.store.path("failures", f"{key}.json")
+        info = self.store.fs.get_file_info(record)
+        return info.mtime is not None and info.mtime.timestamp() >= self.started - 1
+
+    def _trainable(self, cells: list[Cell]):
+        parents = self._put_parents(cells)
+        fn = tune.with_parameters(stage_trial, parents=parents, workers=self.workers)
+        return tune.with_resources(fn, {"cpu": self.resources.cpus_per_trial, "gpu": self.resources.gpus_per_trial})
+
+    def _put_parents(self, cells: list[Cell]) -> dict:
+        """Driver-owned object refs of the parents' weights: they outlive every trial of the wave."""
+        refs, budget = {}, PARENT_REF_BUDGET_BYTES
+        for key in sorted({c.parent for c in cells if c.parent is not None}):
+            meta, tensors = self.store.load_artifact(key)
+            size = sum(t.numel() * t.element_size() for t in tensors.values())
+            if size <= budget:
+                refs[key], budget = ray.put((meta, tensors)), budget - size
+        return refs
+
+    def _settings(self) -> dict:
+        return {
+            "run_uri": self.store.uri,
+            "data_root": self.config.data_root,
+            "checkpoint_every": self.config.recipe.checkpoint_every,
+        }
+
+    def _restore_interrupted_wave(self, stage: str, cells: list[Cell]) -> bool:
+        record_name = f"{stage}.json"
+        if not self.store.file_exists("waves", record_name):
+            return False
+        record = self.store.read_json("waves", record_name)
+        path = f"{self.store.tune_uri}/{record['name']}"
+        if record.get("finished") or not tune.Tuner.can_restore(path):
+            return False
+        self.log(f"[{stage}] resuming interrupted wave {record['name']}")
+        tuner = tune.Tuner.restore(path, trainable=self._trainable(cells), resume_errored=True)
+        self._fit(tuner, stage, record["name"])
+        return True
+
+    def _fresh_wave(self, stage: str, cells: list[Cell]) -> None:
+        batches = batch_cells(stage, cells, self.resources.slots)
+        name = f"{stage}-{digest([[c.key for c in b] for b in batches])}"
+        cpu_only = self.resources.gpus_per_trial == 0
+        tuner = tune.Tuner(
+            self._trainable(cells),
+            param_space={
+                **self._settings(),
+                "stage": stage,
+                "batch": tune.grid_search(
+                    [{"slot": i, "cells": [asdict(c) for c in b]} for i, b in enumerate(batches)]
+                ),
+            },
+            tune_config=tune.TuneConfig(
+                reuse_actors=cpu_only,  # GPU trials get fresh processes: no leaked CUDA memory between them
+                trial_dirname_creator=lambda trial: f"{stage}_{trial.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=self.store.tune_uri,
+                failure_config=tune.FailureConfig(max_failures=self.config.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=0,
+                callbacks=[Progress(stage, self.log)],
+            ),
+        )
+        self._fit(tuner, stage, name)
+
+    def _fit(self, tuner, stage: str, name: str) -> None:
+        self.store.write_json({"name": name, "finished": False}, "waves", f"{stage}.json")
+        results = tuner.fit()
+        for result in results:
+            if result.error is None:
+                continue
+            storage_full = "No space left" in str(result.error) or "StorageFull" in str(result.error)
+            for cell in (Cell(**c) for c in result.config["batch"]["cells"]):
+                if not self.store.is_done(cell.key) and not self._failed_now(cell.key):
+                    self._fail(cell.key, _first_line(result.error))
+            if storage_full:
+                raise StorageFull(28, f"results storage is full ({_first_line(result.error)})")
+        self.store.write_json({"name": name, "finished": True}, "waves", f"{stage}.json")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line.strip()[:500]
+    return (lines[-1] if lines else type(error).__name__)[:500]
