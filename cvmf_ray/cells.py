@@ -35,6 +35,7 @@ class CellSettings:
     data_root: str
     device: str = "cpu"
     checkpoint_every: int = 1
+    placement: dict | None = None  # where the cell ran (node, pid, GPU ids): recorded in its meta
 
 
 @functools.lru_cache(maxsize=2)
@@ -70,15 +71,18 @@ def execute_cell(
     data = load_dataset(p["dataset"], settings.data_root)
     forget = ForgetSpec(**p["forget"]) if "forget" in p else None
     device = settings.device
+    parent_meta, parent_tensors = load_parent(cell.parent) if cell.parent is not None else ({}, {})
+    parent_source = parent_meta.get("read_from")
     quant = "fp32"
     if cell.stage == "train":
         exclude = forget_mask(ForgetSpec(**p["exclude"]), data.train_y, p["seed"]) if p["exclude"] else None
         recipe = TrainRecipe(**p["recipe"], checkpoint_every=settings.checkpoint_every)
         model = build_model(p)
         model, metrics = train(model, data, recipe, p["seed"], exclude, device=device, resume=resume, on_epoch=on_epoch)
+        metrics["resumed_from_epoch"] = int(resume["epoch"]) if resume else 0
         tensors = model.state_dict()
     elif cell.stage == "unlearn":
-        model = restore_model(*load_parent(cell.parent))
+        model = restore_model(parent_meta, parent_tensors)
         model, metrics = unlearn(
             model,
             data,
@@ -91,12 +95,11 @@ def execute_cell(
         )
         tensors = model.state_dict()
     elif cell.stage == "quantize":
-        model = restore_model(*load_parent(cell.parent))
+        model = restore_model(parent_meta, parent_tensors)
         calibration = calibration_images(data, forget, p["seed"], p["calibration_size"])
         qmodel, metrics = quantize(model, p["quant"], calibration)
         quant, tensors = p["quant"], QUANT_MODES.get(p["quant"]).state_dict(qmodel)
     else:
-        parent_meta, parent_tensors = load_parent(cell.parent)
         model = restore_model(parent_meta, parent_tensors).to(device)
         metrics = evaluate(model, split_data(data, forget, p["seed"]), data.mean, data.std, device=device)
         quant, tensors = parent_meta["quant"], None
@@ -104,5 +107,6 @@ def execute_cell(
         metrics["model_bytes"] = sum(t.numel() * t.element_size() for t in tensors.values())
     meta = {"stage": cell.stage, "parent": cell.parent, "params": p, "quant": quant, "metrics": metrics}
     meta["interval"] = [started_at, time.time()]  # wall-clock span of the stage work, for bench_grid.py
+    meta["placement"] = {**(settings.placement or {}), "device": str(device), "parent_read_from": parent_source}
     store.save_artifact(cell.key, meta, tensors)
     return metrics

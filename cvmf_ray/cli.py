@@ -131,20 +131,29 @@ def _run(cfg, expanded, resume: bool) -> int:
     from cvmf_ray.store import RunStore, StorageFull
 
     store = RunStore(f"{cfg.results_dir.rstrip('/')}/{cfg.name}")
+    store.check_usable()
     if not resume and store.file_exists("grid.json"):
         raise UsageError(f"run {store.uri!r} already exists and --no-resume was given; choose another --name")
     for dataset in cfg.datasets:
         DATASETS.get(dataset).check_available(cfg.data_root)
     started = time.perf_counter()
+    failures: dict = {}
     try:
-        resources = connect(cfg, echo)  # raises UsageError (nothing written yet) when the request cannot fit
-        try:
+        pending = [c for c in expanded.cells.values() if not store.is_done(c.key)]
+        if pending:
+            resources = connect(cfg, echo)  # raises UsageError (nothing written yet) when the request cannot fit
+            try:
+                store.remove_stale_temporaries()
+                store.write_json(expanded.to_json(), "grid.json")
+                counts = expanded.to_json()["counts"]
+                echo(f"run {store.uri}: " + ", ".join(f"{n} {stage}" for stage, n in counts.items()) + " cells")
+                failures = GridRunner(cfg, expanded, store, resources, echo).run()
+            finally:
+                ray.shutdown()
+        else:
+            echo(f"run {store.uri}: all {len(expanded.cells)} cells are finished; nothing to run")
+            store.remove_stale_temporaries()
             store.write_json(expanded.to_json(), "grid.json")
-            counts = expanded.to_json()["counts"]
-            echo(f"run {store.uri}: " + ", ".join(f"{n} {stage}" for stage, n in counts.items()) + " cells")
-            failures = GridRunner(cfg, expanded, store, resources, echo).run()
-        finally:
-            ray.shutdown()
         rows = build_rows(expanded, store)
         write_results(rows, store)
     except StorageFull as err:
@@ -299,7 +308,7 @@ def _method_params(values: list[str] | None, config: Path | None) -> dict | None
     merged = _yaml_value(config, "method_params") or {}
     for item in values:
         name, sep, raw = item.partition("=")
-        method, dot, param = name.partition(".")
+        method, dot, param = name.rpartition(".")
         if not (sep and dot and method and param):
             raise UsageError(f"--method-params expects METHOD.NAME=VALUE, got {item!r}")
         merged.setdefault(method, {})[param] = yaml.safe_load(raw)

@@ -32,7 +32,7 @@ class TrainRecipe(BaseModel):
     flip: bool = False  # RandomHorizontalFlip (off for digits: a mirrored 2 is no 2)
     checkpoint_every: int = Field(1, ge=1)  # epochs between resumable checkpoints
     compile: bool = False  # torch.compile the model (pays off on CUDA for runs of many epochs)
-    bf16: bool = True  # bf16 autocast on CUDA (weights and optimizer stay fp32); CPU always trains in fp32
+    bf16: bool = True  # bf16 autocast where computed natively (CUDA, AVX512-BF16/AMX CPUs); weights stay fp32
 
 
 class GridConfig(BaseModel):
@@ -44,7 +44,7 @@ class GridConfig(BaseModel):
     models: list[str] = ["small_cnn"]
     datasets: list[str] = ["digits"]
     methods: list[str] = ["original", "retrain", "finetune", "gradient_ascent", "random_label"]
-    quant: list[str] = ["fp32", "fp16", "bf16", "int8_weight"]
+    quant: list[str] = ["fp32", "fp16", "bf16", "int8"]
     forget_classes: list[int] | Literal["all"] = [0]
     forget_fractions: list[float] = []
     seeds: list[int] = [0]

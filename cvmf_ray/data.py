@@ -1,7 +1,9 @@
 """The on-device data path: a uint8 tensor on the training device, augmented and normalised in batches.
 
-Same semantics as torchvision's `RandomCrop(size, padding=p)` + `RandomHorizontalFlip()` + `Normalize`
-(zero padding in pixel space, then normalisation), without PIL or DataLoader workers: airbench-style.
+Same semantics as torchvision's `RandomCrop(size, padding=p)` + `RandomHorizontalFlip()` + `ToTensor()` +
+`Normalize` (zero padding in pixel space, then normalisation), without PIL or DataLoader workers:
+airbench-style. `torchvision_loader` is that torchvision pipeline itself, the reference the tests and
+`scripts/bench_train.py` hold this path to.
 """
 
 from __future__ import annotations
@@ -10,12 +12,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
 
 
 def normalize(x_uint8: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
-    """The evaluation transform, shared by training, calibration and evaluation."""
-    mean_t = torch.tensor(mean, device=x_uint8.device, dtype=dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=x_uint8.device, dtype=dtype).view(1, -1, 1, 1)
+    """The evaluation transform, bit for bit `ToTensor()` + `Normalize(mean, std)`: (x / 255 - mean) / std.
+
+    `mean`/`std` are tuples or tensors; tensors already on the device avoid a host-to-device copy per call.
+    """
+    mean_t = torch.as_tensor(mean, device=x_uint8.device, dtype=dtype).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, device=x_uint8.device, dtype=dtype).view(1, -1, 1, 1)
     return (x_uint8.to(dtype) / 255 - mean_t) / std_t
 
 
@@ -54,12 +62,18 @@ class DeviceLoader:
     """Batches of (normalised float images, labels) drawn from uint8 tensors already on `device`.
 
     `epoch(seed)` derives all randomness from its seed, so a resumed run sees the same batches.
+    `memory_format=torch.channels_last` hands batches over in the layout a channels_last model wants.
     """
 
-    def __init__(self, x, y, batch_size: int, mean, std, augment: Augment = Augment(), device="cpu"):
-        self.x, self.y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        self.batch_size, self.mean, self.std, self.augment = batch_size, mean, std, augment
+    def __init__(
+        self, x, y, batch_size: int, mean, std, augment: Augment = Augment(), device="cpu",
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ):  # fmt: skip
         self.device = torch.device(device)
+        self.x, self.y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self.mean = torch.tensor(mean, dtype=torch.float32).to(self.device)
+        self.std = torch.tensor(std, dtype=torch.float32).to(self.device)
+        self.batch_size, self.augment, self.memory_format = batch_size, augment, memory_format
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
@@ -70,5 +84,43 @@ class DeviceLoader:
         order = torch.randperm(n, generator=generator, device=self.device) if shuffle else None
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size] if shuffle else slice(start, start + self.batch_size)
-            xb = self.augment(self.x[idx], generator)
-            yield normalize(xb, self.mean, self.std), self.y[idx]
+            xb = normalize(self.augment(self.x[idx], generator), self.mean, self.std)
+            yield xb.contiguous(memory_format=self.memory_format), self.y[idx]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the reference: torchvision transforms on one PIL image at a time, batched by a DataLoader
+
+
+def torchvision_transform(mean, std, augment: Augment, size: tuple[int, int]) -> transforms.Compose:
+    """The torchvision pipeline `Augment` + `normalize` reproduce, for images of `size` (h, w)."""
+    steps = [transforms.RandomCrop(size, padding=augment.crop_padding)] if augment.crop_padding else []
+    steps += [transforms.RandomHorizontalFlip()] if augment.flip else []
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+class PILImages(Dataset):
+    """uint8 [N, C, H, W] images served one PIL image at a time, as torchvision's dataset classes do."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform) -> None:
+        self.x = x.permute(0, 2, 3, 1).contiguous().numpy()  # HWC, as PIL wants it
+        self.y, self.transform = y.tolist(), transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        pixels = self.x[i]
+        image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)  # mode "L" or "RGB"
+        return self.transform(image), self.y[i]
+
+
+def torchvision_loader(
+    x, y, batch_size: int, mean, std, augment: Augment, *, seed: int, workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """A plain shuffling DataLoader over `PILImages` with `torchvision_transform` (the slow path)."""
+    transform = torchvision_transform(mean, std, augment, tuple(x.shape[2:]))
+    return DataLoader(
+        PILImages(x, y, transform), batch_size, shuffle=True, num_workers=workers, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
+    )  # fmt: skip

@@ -10,6 +10,7 @@ wave; an interrupted wave is first restored with `Tuner.restore(..., resume_erro
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -35,6 +36,19 @@ class Resources:
     cpus_per_trial: float
     gpus_per_trial: float
     slots: int  # trials that fit at once
+    total_gpus: float = 0.0
+
+
+def spread_gpu_share(share: float, total_gpus: float, trials: int) -> float:
+    """Raise a fractional GPU share so a wave's trials spread over every GPU instead of piling up.
+
+    Ray places fractional requests first-fit: 4 trials at 0.25 on 4 GPUs all land on GPU 0. Asking for
+    1/ceil(trials/GPUs) of a GPU instead (never less than requested, never more than 1) leaves each GPU
+    with at most that many trials; 8 trials at 0.5 on 4 GPUs stay at 0.5, two per GPU.
+    """
+    if not 0 < share < 1 or total_gpus < 1 or trials < 1:
+        return share
+    return max(share, min(1.0, 1 / math.ceil(trials / int(total_gpus))))
 
 
 def connect(config: GridConfig, log: Log) -> Resources:
@@ -43,6 +57,8 @@ def connect(config: GridConfig, log: Log) -> Resources:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # fresher experiment state after a crash
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no config boxes: Progress prints one line per trial
+    # num_to_keep=1 forces a state snapshot at every epoch checkpoint: wanted (crash consistency), not a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if config.address:
         _join(config.address)
     else:
@@ -96,7 +112,7 @@ def _plan_resources(config: GridConfig, log: Log) -> Resources:
     if gpus_per_trial > 0:
         slots = min(slots, int(gpus // gpus_per_trial))
     log(f"Ray: {cpus:g} CPU, {gpus:g} GPU; each trial takes {cpus_per_trial:g} CPU + {gpus_per_trial:g} GPU")
-    return Resources(cpus_per_trial, gpus_per_trial, max(slots, 1))
+    return Resources(cpus_per_trial, gpus_per_trial, max(slots, 1), gpus)
 
 
 def batch_cells(stage: str, cells: list[Cell], slots: int) -> list[list[Cell]]:
@@ -199,10 +215,11 @@ class GridRunner:
         info = self.store.fs.get_file_info(record)
         return info.mtime is not None and info.mtime.timestamp() >= self.started - 1
 
-    def _trainable(self, cells: list[Cell]):
+    def _trainable(self, cells: list[Cell], trials: int):
         parents = self._put_parents(cells)
         fn = tune.with_parameters(stage_trial, parents=parents, workers=self.workers)
-        return tune.with_resources(fn, {"cpu": self.resources.cpus_per_trial, "gpu": self.resources.gpus_per_trial})
+        gpus = spread_gpu_share(self.resources.gpus_per_trial, self.resources.total_gpus, trials)
+        return tune.with_resources(fn, {"cpu": self.resources.cpus_per_trial, "gpu": gpus})
 
     def _put_parents(self, cells: list[Cell]) -> dict:
         """Driver-owned object refs of the parents' weights: they outlive every trial of the wave."""
@@ -222,16 +239,20 @@ class GridRunner:
         }
 
     def _restore_interrupted_wave(self, stage: str, cells: list[Cell]) -> bool:
-        record_name = f"{stage}.json"
-        if not self.store.file_exists("waves", record_name):
+        """Restore the stage's last wave if a crash interrupted it; False when there is nothing to restore."""
+        if not self.store.file_exists("waves", f"{stage}.json"):
             return False
-        record = self.store.read_json("waves", record_name)
+        record = self.store.read_json("waves", f"{stage}.json")
         path = f"{self.store.tune_uri}/{record['name']}"
         if record.get("finished") or not tune.Tuner.can_restore(path):
             return False
+        trials = record.get("batches", len(cells))
+        tuner = tune.Tuner.restore(path, trainable=self._trainable(cells, trials), resume_errored=True)
+        if not _restorable(tuner):
+            self.log(f"[{stage}] the interrupted wave {record['name']} had not started; starting it afresh")
+            return False
         self.log(f"[{stage}] resuming interrupted wave {record['name']}")
-        tuner = tune.Tuner.restore(path, trainable=self._trainable(cells), resume_errored=True)
-        self._fit(tuner, stage, record["name"])
+        self._fit(tuner, stage, record["name"], trials)
         return True
 
     def _fresh_wave(self, stage: str, cells: list[Cell]) -> None:
@@ -239,7 +260,7 @@ class GridRunner:
         name = f"{stage}-{digest([[c.key for c in b] for b in batches])}"
         cpu_only = self.resources.gpus_per_trial == 0
         tuner = tune.Tuner(
-            self._trainable(cells),
+            self._trainable(cells, len(batches)),
             param_space={
                 **self._settings(),
                 "stage": stage,
@@ -260,10 +281,10 @@ class GridRunner:
                 callbacks=[Progress(stage, self.log)],
             ),
         )
-        self._fit(tuner, stage, name)
+        self._fit(tuner, stage, name, len(batches))
 
-    def _fit(self, tuner, stage: str, name: str) -> None:
-        self.store.write_json({"name": name, "finished": False}, "waves", f"{stage}.json")
+    def _fit(self, tuner, stage: str, name: str, batches: int) -> None:
+        self.store.write_json({"name": name, "finished": False, "batches": batches}, "waves", f"{stage}.json")
         results = tuner.fit()
         for result in results:
             if result.error is None:
@@ -274,7 +295,15 @@ class GridRunner:
                     self._fail(cell.key, _first_line(result.error))
             if storage_full:
                 raise StorageFull(28, f"results storage is full ({_first_line(result.error)})")
-        self.store.write_json({"name": name, "finished": True}, "waves", f"{stage}.json")
+        self.store.write_json({"name": name, "finished": True, "batches": batches}, "waves", f"{stage}.json")
+
+
+def _restorable(tuner: tune.Tuner) -> bool:
+    """A crash while a wave was starting can leave no results, or trials snapshotted without a config."""
+    try:
+        return all("batch" in result.config for result in tuner.get_results())
+    except RuntimeError:  # "experiment has not been run, yet"
+        return False
 
 
 def _first_line(error: BaseException) -> str:

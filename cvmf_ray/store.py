@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from cvmf_ray.errors import CellError
+from cvmf_ray.errors import CellError, UsageError
 
 WEIGHTS = "model.safetensors"
 META = "meta.json"
@@ -53,6 +53,17 @@ class RunStore:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.fs, self.root = filesystem(uri)
+
+    def check_usable(self) -> None:
+        """UsageError when the run directory cannot be a directory (it, or an ancestor, is a file)."""
+        path = self.root
+        while path and path != "/":
+            info = self.fs.get_file_info(path)
+            if info.type == pafs.FileType.File:
+                raise UsageError(f"results location {self.uri!r} is unusable: {path!r} is a file, not a directory")
+            if info.type == pafs.FileType.Directory:
+                return
+            path = path.rsplit("/", 1)[0]
 
     # ---- paths
     def path(self, *parts: str) -> str:
@@ -108,6 +119,19 @@ class RunStore:
             self.fs.delete_dir(path)
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(path)
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete half-written files a killed run left behind (they never carry a final name)."""
+        removed = 0
+        for folder in ("", "artifacts", "evaluations", "failures", "waves"):
+            selector = pafs.FileSelector(
+                self.path(folder) if folder else self.root, allow_not_found=True, recursive=folder == "artifacts"
+            )
+            for info in self.fs.get_file_info(selector):
+                if info.type == pafs.FileType.File and ".tmp-" in info.base_name:
+                    self.fs.delete_file(info.path)
+                    removed += 1
+        return removed
 
     # ---- artifacts
     def save_artifact(self, key: str, meta: dict, tensors: dict[str, torch.Tensor] | None = None) -> None:

@@ -8,6 +8,7 @@ happen inside the functions that need them.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -50,10 +51,14 @@ def run_batch(config: dict, parents: dict | None, device: str, hooks=None) -> di
     from cvmf_ray.store import RunStore, StorageFull
 
     store = RunStore(config["run_uri"])
-    settings = CellSettings(config["data_root"], device, config["checkpoint_every"])
+    context = ray.get_runtime_context()
+    placement = {"node_id": context.get_node_id(), "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    settings = CellSettings(config["data_root"], device, config["checkpoint_every"], placement)
 
     def load_parent(key: str):
-        return ray.get(parents[key]) if parents and key in parents else store.load_artifact(key)
+        meta, tensors = ray.get(parents[key]) if parents and key in parents else store.load_artifact(key)
+        source = "object store" if parents and key in parents else "storage"
+        return {**meta, "read_from": source}, tensors
 
     failed, unexpected = {}, []
     for cell in (Cell(**c) for c in config["batch"]["cells"]):

@@ -42,16 +42,13 @@ def main() -> None:
         meta = json.loads(meta_file.read_text())
         intervals.setdefault(meta["stage"], []).append(tuple(meta["interval"]))
     stage_time = union_seconds([i for spans in intervals.values() for i in spans])
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, command: {' '.join(command[1:])}"
-    )
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"command: cvmf-ray {' '.join(command[1:])}")
     for stage, spans in intervals.items():
-        print(
-            f"  {stage:9} {len(spans):3} cells, busy {union_seconds(spans):6.2f} s, summed {sum(b - a for a, b in spans):6.2f} s"
-        )
-    print(
-        f"wall {wall:.1f} s, inside stage functions {stage_time:.1f} s, Ray overhead share {(wall - stage_time) / wall:.1%}"
-    )
+        summed = sum(b - a for a, b in spans)
+        print(f"  {stage:9} {len(spans):3} cells, busy {union_seconds(spans):6.2f} s, summed {summed:6.2f} s")
+    share = (wall - stage_time) / wall
+    print(f"wall {wall:.1f} s, inside stage functions {stage_time:.1f} s, Ray overhead share {share:.1%}")
     shutil.rmtree(results)
 
 

@@ -1,11 +1,22 @@
-"""Shared test helpers: run the real CLI in-process and capture what a user would see."""
+"""Shared test helpers: run the real CLI in-process, one shared reference run, process-group kills."""
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from cvmf_ray.cli import run_cli
+from cvmf_ray.results import TIMING_COLUMNS
+
+FAST = ["--epochs", "6"]  # the default grid, fewer epochs: every test that compares tables uses these
 
 
 @pytest.fixture
@@ -20,6 +31,59 @@ def cli(capsys):
     return run
 
 
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> Path:
+    """One uninterrupted run of the default grid: the reference every resumed run must reproduce."""
+    results = tmp_path_factory.mktemp("reference")
+    assert run_cli(["grid", "--results-dir", str(results), *FAST]) == 0
+    return results / "default"
+
+
+@pytest.fixture
+def copy_of_default_run(default_run, tmp_path) -> Path:
+    """A private copy of the finished reference run, for tests that damage it."""
+    shutil.copytree(default_run, tmp_path / "default", ignore=shutil.ignore_patterns("tune"))
+    return tmp_path / "default"
+
+
 def metas(run_dir: Path) -> dict[str, dict]:
     """Every finished cell's meta.json in a run directory, by key."""
     return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("artifacts/*/meta.json")}
+
+
+def comparable(table_path: Path) -> list[dict]:
+    """Rows without the wall-clock columns, the only ones allowed to differ between identical runs."""
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in pq.read_table(table_path).to_pylist()]
+
+
+def start_driver(*args: str, log: Path) -> subprocess.Popen:
+    """`cvmf-ray ARGS` as a separate driver process in its own session (Ray's processes join it)."""
+    command = [sys.executable, "-m", "cvmf_ray", *map(str, args)]
+    with open(log, "w") as out:
+        driver = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    driver.log = log
+    return driver
+
+
+def wait_for(condition, driver: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    """Poll `condition` while `driver` runs; fail at once (with its output) if the driver exits first."""
+    deadline = time.time() + timeout
+    while not condition():
+        if driver.poll() is not None:
+            output = driver.log.read_text()[-3000:]
+            raise AssertionError(f"the driver exited ({driver.returncode}) before {what}:\n{output}")
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def kill_session(driver: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process of its session: a crash, not a shutdown."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    listing = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split()
+    for pid, sid in zip(listing[::2], listing[1::2], strict=True):
+        if int(sid) == driver.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)

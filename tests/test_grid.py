@@ -53,32 +53,61 @@ def test_bad_config_values_are_one_clear_usage_error(overrides, message):
         load_config(**overrides)
 
 
-def test_bad_input_through_the_cli_is_one_line_and_exit_2(cli, tmp_path):
-    bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text("models: [small_cnn\nepochs: 3\n")
-    not_a_mapping = tmp_path / "list.yaml"
-    not_a_mapping.write_text("- small_cnn\n")
-    unknown_key = tmp_path / "unknown.yaml"
-    unknown_key.write_text("modles: [small_cnn]\n")
-    cases = [
+def test_twenty_five_malformed_inputs_each_exit_2_with_one_line_naming_the_value(cli, tmp_path):
+    def write(name: str, text: str):
+        (tmp_path / name).write_text(text)
+        return tmp_path / name
+
+    bad_yaml = write("bad.yaml", "models: [small_cnn\nepochs: 3\n")
+    not_a_mapping = write("list.yaml", "- small_cnn\n")
+    unknown_key = write("unknown.yaml", "modles: [small_cnn]\n")
+    wrong_type = write("type.yaml", "epochs: many\n")
+    a_file = write("a_file", "not a directory")
+    existing = tmp_path / "runs" / "done"
+    existing.mkdir(parents=True)
+    (existing / "grid.json").write_text("{}")
+    before = set(tmp_path.rglob("*"))
+    out_dir = ["--results-dir", tmp_path / "out"]
+    cases = [  # names
         (["grid", "--models", "nope"], "unknown model 'nope'"),
+        (["grid", "--datasets", "imagenet"], "unknown dataset 'imagenet'"),
+        (["grid", "--methods", "forget_all"], "unknown method 'forget_all'"),
+        (["grid", "--methods", "no_such_pkg.mod:fn"], "cannot import module 'no_such_pkg.mod'"),
+        (["grid", "--quant", "int3"], "unknown quant mode 'int3'"),
+        (["list", "gizmos"], "'gizmos'"),
+        # YAML
         (["grid", "--config", bad_yaml], "is not valid YAML at line"),
         (["grid", "--config", not_a_mapping], "must be a mapping"),
         (["grid", "--config", unknown_key], "'modles'"),
-        (["grid", "--config", tmp_path / "missing.yaml"], "does not exist"),
-        (["grid", "--forget-classes", "0,x"], "--forget-classes expects comma-separated ints"),
+        (["grid", "--config", wrong_type], "'epochs'"),
+        # types
         (["grid", "--epochs", "three"], "(got 'three')"),
-        (["grid", "--method-params", "finetune-lr=1"], "METHOD.NAME=VALUE"),
-        (["grid", "--gpus", "64", "--results-dir", tmp_path], "--gpus 64 asks for more GPUs than this machine has"),
+        (["grid", "--seeds", "0,a"], "--seeds expects comma-separated ints, got '0,a'"),
+        (["grid", "--forget-classes", "0,x"], "--forget-classes expects comma-separated ints"),
+        (["grid", "--method-params", "finetune.lr=fast"], "finetune.lr"),
+        (["grid", "--method-params", "finetune-lr=1"], "METHOD.NAME=VALUE, got 'finetune-lr=1'"),
+        (["grid", "--method-params", "finetune.nope=1"], "unknown parameter 'nope' for method 'finetune'"),
+        # ranges
+        (["grid", "--forget-classes", "10"], "forget class 10 is out of range for 'digits'"),
+        (["grid", "--forget-fractions", "0"], "forget fraction 0.0 is outside (0, 1)"),
+        (["grid", "--unlearn-epochs", "0"], "'unlearn_epochs'"),
+        (["grid", "--gpus-per-trial", "-1"], "'gpus_per_trial'"),
+        (["grid", "--max-failures", "-5"], "'max_failures'"),
+        (["grid", "--gpus", "64", *out_dir], "--gpus 64 asks for more GPUs than this machine has"),
+        # paths and conflicting flags
+        (["grid", "--results-dir", a_file], "is a file, not a directory"),
+        (["grid", "--config", tmp_path / "missing.yaml"], "does not exist"),
+        (["grid", "--results-dir", tmp_path / "runs", "--name", "done", "--no-resume"], "--no-resume"),
+        (["grid", "--address", "127.0.0.1:1", "--gpus", "1"], "--gpus/--cpus size a local Ray instance"),
         (["status", tmp_path / "nothing"], "is not a cvmf-ray run directory"),
-        (["list", "gizmos"], "'gizmos'"),
+        (["results", existing], "has no results.parquet yet"),
     ]
     for args, message in cases:
         code, out, err = cli(*args)
         assert code == 2, (args, out, err)
         assert message in err, (args, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out, (args, err)
-    assert set(tmp_path.iterdir()) == {bad_yaml, not_a_mapping, unknown_key}  # no bad invocation wrote anything
+    assert set(tmp_path.rglob("*")) == before  # no bad invocation wrote anything
 
 
 def test_dry_run_prints_every_cell_and_runs_nothing(cli, tmp_path):

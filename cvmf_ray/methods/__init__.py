@@ -2,11 +2,23 @@
 
     @dataclass
     class FinetuneParams:
-        epochs: int = 10
-        lr: float = 0.01
+        epochs: int = 5
+        lr: float = 0.1
 
     @register_method("finetune", FinetuneParams)
     def finetune(model, data: UnlearnData, params: FinetuneParams) -> nn.Module: ...
+
+The function gets the original model (train mode, on the device), the forget and retain sets, and an
+instance of its dataclass; it returns the unlearnt model with the same architecture (often the same
+object). Methods run in train mode, as every reference implementation does: BatchNorm normalises with
+batch statistics and its running statistics follow the batches seen, which for forget-only batches
+(GA, Boundary Shrink/Expanding, SCRUB's max-step) is part of how those methods forget.
+
+A user's own method plugs in by dotted path, `--methods mypkg.mymod:my_unlearn`: a function written like
+the built-in ones, whose hyperparameter dataclass is the type annotation of its third argument
+(`params: MyParams`); without one it takes no hyperparameters and gets `params=None`. Overrides address
+it by the same path (`method_params: {"mypkg.mymod:my_unlearn": {"lr": 0.1}}`). The module must be
+importable wherever the cell runs (installed, or on PYTHONPATH of every Ray worker).
 
 `original` (no unlearning) and `retrain` (trained without the forget set) are registered without a
 function: the grid serves them from the train stage.
@@ -16,7 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import pkgutil
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +59,9 @@ class UnlearnData:
     seed: int
 
     def loader(self, which: str, batch_size: int, augment: bool = True) -> DeviceLoader:
+        """Batches of the `forget` or `retain` set, augmented like training unless `augment=False`."""
+        if which not in ("forget", "retain"):
+            raise ValueError(f"loader() takes 'forget' or 'retain', not {which!r}")
         x, y = (self.forget_x, self.forget_y) if which == "forget" else (self.retain_x, self.retain_y)
         aug = self.augment if augment else Augment()
         return DeviceLoader(x, y, batch_size, self.mean, self.std, aug, self.device)
@@ -79,6 +96,10 @@ class Method:
             raise UsageError(f"bad value for {self.name}.{field}: {first['msg']}") from None
         return dataclasses.asdict(resolved)
 
+    def instantiate(self, hparams: dict[str, Any]) -> Any:
+        """The params object the function receives: its dataclass built from resolved `hparams`, or None."""
+        return None if self.params is None else self.params(**hparams)
+
 
 METHODS: Registry[Method] = Registry("method")
 
@@ -92,8 +113,38 @@ def register_method(name: str, params: type | None = None) -> Callable:
 
 
 def resolve_method(name: str) -> Method:
-    """A registered method by name."""
-    return METHODS.get(name)
+    """A registered method by name, or a user's function by dotted path `package.module:function`."""
+    if ":" not in name:
+        return METHODS.get(name)
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr.isidentifier():
+        raise UsageError(f"method {name!r} is not a dotted path of the form 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # any failure while importing user code is the user's input to fix
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"cannot import module {module_name!r} for method {name!r}: {reason}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        what = "has no attribute" if fn is None else "has a non-callable"
+        raise UsageError(f"module {module_name!r} {what} {attr!r}; method {name!r} needs a function")
+    return Method(name, fn, _params_type(name, fn))
+
+
+def _params_type(name: str, fn: Callable) -> type | None:
+    """The dataclass annotating the function's third parameter (`params`), or None when unannotated."""
+    parameters = list(inspect.signature(fn).parameters.values())
+    if len(parameters) < 3:
+        raise UsageError(f"method {name!r} must take (model, data, params); it takes {len(parameters)} arguments")
+    try:
+        annotation = typing.get_type_hints(fn).get(parameters[2].name)
+    except Exception as err:  # an annotation naming something the module does not define
+        raise UsageError(f"cannot resolve the annotations of method {name!r}: {err}") from None
+    if annotation is None:
+        return None
+    if not dataclasses.is_dataclass(annotation):
+        raise UsageError(f"method {name!r}: its params annotation {annotation!r} is not a dataclass")
+    return annotation
 
 
 METHODS.register("original")(Method("original", None))

@@ -1,9 +1,24 @@
-"""Pieces every gradient-based method shares: its optimizer, one checked step, per-epoch seeds."""
+"""Pieces the methods share: hyperparameter types, optimizers, one checked step, seeds, teachers, batches."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from typing import Annotated
 
 import torch
+import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from cvmf_ray.data import DeviceLoader
 from cvmf_ray.errors import CellError
+
+# Hyperparameter types: `Method.resolve_params` turns an out-of-range override into a UsageError.
+Count = Annotated[int, Field(ge=1)]  # epochs, batch sizes, steps
+Positive = Annotated[float, Field(gt=0)]  # learning rates, temperatures, bounds
+Fraction = Annotated[float, Field(ge=0, le=1)]  # shares and mixing weights
 
 
 def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4):
@@ -22,6 +37,56 @@ def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float | Non
     optimizer.step()
 
 
+def cosine(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine annealing to 0 over `total_steps`, stepped once per batch."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / total_steps)))
+
+
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """Distinct, reproducible shuffling seeds per (run seed, epoch, data stream)."""
     return seed * 1_000_003 + epoch * 101 + stream
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A teacher: an eval-mode copy of `model` as it is now, with no gradients."""
+    teacher = copy.deepcopy(model).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher ‖ student) at a temperature, × T², batch mean (RepDistiller's `DistillKL`, used by SCRUB)."""
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    kl = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+def wrong_labels(y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random label different from `y` for every sample."""
+    shift = torch.randint(1, num_classes, y.shape, generator=generator, device=y.device)
+    return (y + shift) % num_classes
+
+
+def mixed_batches(
+    data, forget_y: torch.Tensor, retain_x: torch.Tensor, retain_y: torch.Tensor, batch_size: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One shuffled pass over forget ∪ retain: batches of (x, y, is_forget).
+
+    `forget_y` replaces the forget set's labels (random labels for RL); `retain_x/y` may be a subset.
+    """
+    n_forget = len(forget_y)
+    x = torch.cat([data.forget_x, retain_x])
+    y = torch.cat([forget_y, retain_y])
+    index = torch.arange(len(y), device=y.device)
+    loader = DeviceLoader(x, index, batch_size, data.mean, data.std, data.augment, data.device)
+    for xb, ib in loader.epoch(seed):
+        yield xb, y[ib], ib < n_forget
+
+
+def cycled(loader: DeviceLoader, seed: int, stream: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches from `loader`, reshuffled on every pass (`itertools.cycle` without the replay)."""
+    epoch = 0
+    while True:
+        yield from loader.epoch(epoch_seed(seed, epoch, stream))
+        epoch += 1

@@ -1,7 +1,13 @@
-"""RL: train on the forget set with random wrong labels, interleaved with the retain set.
+"""RL: train on forget ∪ retain with every forget sample relabelled to a random wrong class.
 
-Defaults: 3 epochs, lr 1e-3, batch 64 (Machine-Unlearning-Comparator); forget labels are drawn uniformly
-from the other classes, as in the Comparator (OPTML draws from all classes).
+Recipe: Machine-Unlearning-Comparator RL: retain and forget sets shuffled together, forget labels redrawn
+(every epoch) from the *other* classes, SGD momentum 0.9, wd 5e-4, 3 epochs, batch 64. OPTML
+(Unlearn-Sparse/Saliency `RL`) draws from all classes, mixes the two sets for CIFAR-100 and alternates a
+forget pass and a retain pass for CIFAR-10. Mixing matters with BatchNorm: a forget-only batch normalises
+with its own statistics, and on `digits` the alternating variant does not forget at all.
+
+Deviation: lr 0.01 (OPTML's `unlearn_lr` default), not the Comparator's 1e-3: one `digits` epoch is 21
+steps at batch 64 (CIFAR: ~780), and at 1e-3 forget-train accuracy stays around 60%.
 """
 
 from dataclasses import dataclass
@@ -10,31 +16,27 @@ import torch
 import torch.nn.functional as F
 
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import epoch_seed, sgd, step
+from cvmf_ray.methods._common import Count, Positive, epoch_seed, mixed_batches, sgd, step, wrong_labels
 
 
 @dataclass
 class RandomLabelParams:
-    epochs: int = 3
-    lr: float = 1e-3
-    batch_size: int = 64
+    epochs: Count = 3
+    lr: Positive = 0.01
+    batch_size: Count = 64
 
 
-def wrong_labels(y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
-    """A uniformly random label different from `y` for every sample."""
-    shift = torch.randint(1, num_classes, y.shape, generator=generator, device=y.device)
-    return (y + shift) % num_classes
+def train_relabelled(model, data: UnlearnData, params, optimizer: torch.optim.Optimizer):
+    """The RL loop, shared with SalUn (which passes an optimizer that moves only salient weights)."""
+    labels = torch.Generator(data.device).manual_seed(data.seed)
+    for epoch in range(params.epochs):
+        forget_y = wrong_labels(data.forget_y, data.num_classes, labels)
+        seed = epoch_seed(data.seed, epoch)
+        for x, y, _ in mixed_batches(data, forget_y, data.retain_x, data.retain_y, params.batch_size, seed):
+            step(optimizer, F.cross_entropy(model(x), y))
+    return model
 
 
 @register_method("random_label", RandomLabelParams)
 def random_label(model, data: UnlearnData, params: RandomLabelParams):
-    optimizer = sgd(model, params.lr)
-    forget = data.loader("forget", params.batch_size)
-    retain = data.loader("retain", params.batch_size)
-    generator = torch.Generator(data.device).manual_seed(data.seed)
-    for epoch in range(params.epochs):
-        for x, y in forget.epoch(epoch_seed(data.seed, epoch, stream=1)):
-            step(optimizer, F.cross_entropy(model(x), wrong_labels(y, data.num_classes, generator)))
-        for x, y in retain.epoch(epoch_seed(data.seed, epoch, stream=2)):
-            step(optimizer, F.cross_entropy(model(x), y))
-    return model
+    return train_relabelled(model, data, params, sgd(model, params.lr))

@@ -20,3 +20,13 @@ def small_image_resnet(builder, in_channels: int, num_classes: int) -> nn.Module
 @MODELS.register("resnet18")
 def resnet18(in_channels: int, num_classes: int) -> nn.Module:
     return small_image_resnet(torchvision.models.resnet18, in_channels, num_classes)
+
+
+@MODELS.register("resnet34")
+def resnet34(in_channels: int, num_classes: int) -> nn.Module:
+    return small_image_resnet(torchvision.models.resnet34, in_channels, num_classes)
+
+
+@MODELS.register("resnet50")
+def resnet50(in_channels: int, num_classes: int) -> nn.Module:
+    return small_image_resnet(torchvision.models.resnet50, in_channels, num_classes)

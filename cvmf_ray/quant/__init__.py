@@ -1,5 +1,9 @@
 """Quantization-mode registry. A mode turns an fp32 model (eval mode) plus calibration images into a
-runnable quantized module, saves it as tensors only (safetensors) and rebuilds it from them.
+runnable quantized module, saves it as plain tensors (safetensors, never pickle) and rebuilds it from them:
+
+    qmodel = mode.quantize(model, calibration)            # quantize stage
+    state = mode.state_dict(qmodel)                       # -> model.safetensors
+    qmodel = mode.restore(create_model(...).eval(), state)  # evaluate stage, another process
 
 Calibration images are always normalised with the dataset's evaluation transform: the pipeline this
 project replaces lost ~11 points in int8/fp8 by skipping that normalisation.
@@ -15,14 +19,19 @@ from torch import nn
 
 from cvmf_ray.registry import Registry
 
+CALIBRATION_BATCH = 256  # images per calibration forward: bounds memory for large models and images
+
 
 class QuantMode:
-    """Base class: override `quantize` and `restore`; `state_dict`/`model_bytes` default to the module's."""
+    """Base class: override `quantize` and `restore`; `state_dict`/`model_bytes` default to the module's.
+
+    A mode that cannot apply to a model raises `CellError` saying why; it never returns the fp32 model.
+    """
 
     name: str = ""
     needs_calibration = False
 
-    def quantize(self, model: nn.Module, calibration: torch.Tensor) -> nn.Module:
+    def quantize(self, model: nn.Module, calibration: torch.Tensor | None) -> nn.Module:
         raise NotImplementedError
 
     def restore(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -35,6 +44,13 @@ class QuantMode:
     def model_bytes(self, qmodel: nn.Module) -> int:
         """Real storage size: every tensor the quantized model keeps, at its stored dtype."""
         return sum(t.numel() * t.element_size() for t in self.state_dict(qmodel).values())
+
+
+@torch.no_grad()
+def run_calibration(model: nn.Module, calibration: torch.Tensor) -> None:
+    """Forward the (already normalised) calibration images through `model` in eval mode, in batches."""
+    for batch in calibration.split(CALIBRATION_BATCH):
+        model(batch)
 
 
 QUANT_MODES: Registry[QuantMode] = Registry("quant mode")

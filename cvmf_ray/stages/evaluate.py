@@ -1,7 +1,8 @@
-"""Stage 4: evaluate one model on the five splits: accuracy, macro precision/recall/F1, loss.
+"""Stage 4: evaluate one model on the five splits: accuracy, macro precision/recall/F1, loss, and the
+membership-inference metrics of `cvmf_ray.privacy`.
 
 Logits are computed once per split in large batches under `inference_mode`; every metric is derived
-from them (scikit-learn for the classification metrics).
+from them (scikit-learn for the classification metrics and the attacks).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from torch import nn
 
 from cvmf_ray.data import normalize
+from cvmf_ray.privacy import privacy_metrics
 
 METRICS = ("accuracy", "precision", "recall", "f1", "loss")
 
@@ -28,13 +30,18 @@ def evaluate(
     device: str | torch.device = "cpu",
     batch_size: int = 1024,
 ) -> dict:
-    """`splits` maps a split name to (uint8 images, labels). Empty splits give null metrics."""
+    """`splits` maps each name of `forget.SPLITS` to (uint8 images, labels). Empty splits give null metrics.
+
+    Returns one flat dict: `{split}_{accuracy,precision,recall,f1,loss}`, the four `mia_*` values and
+    `eval_seconds`.
+    """
     started = time.perf_counter()
     model.eval()
+    outputs = {split: (predict(model, x, mean, std, device, batch_size), y) for split, (x, y) in splits.items()}
     metrics: dict = {}
-    for split, (x, y) in splits.items():
-        logits = predict(model, x, mean, std, device, batch_size)
+    for split, (logits, y) in outputs.items():
         metrics.update({f"{split}_{k}": v for k, v in classification_metrics(logits, y).items()})
+    metrics.update(privacy_metrics(outputs))
     metrics["eval_seconds"] = time.perf_counter() - started
     return metrics
 

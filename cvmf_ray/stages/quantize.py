@@ -6,6 +6,7 @@ the model is in eval mode throughout, so BatchNorm statistics never move.
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -17,12 +18,17 @@ from cvmf_ray.forget import ForgetSpec, forget_mask
 from cvmf_ray.quant import QUANT_MODES
 
 
-def quantize(model: nn.Module, mode: str, calibration: torch.Tensor) -> tuple[nn.Module, dict]:
-    """Return the quantized module and `{"quantize_seconds", "model_bytes"}`."""
+def quantize(model: nn.Module, mode: str, calibration: torch.Tensor | None) -> tuple[nn.Module, dict]:
+    """Return the quantized module and `{"quantize_seconds", "model_bytes"}`; `model` itself is left untouched.
+
+    `quantize_seconds` covers the mode's whole work (for `int8`: export, prepare, calibrate, convert).
+    A mode that cannot apply to the model raises `CellError`.
+    """
     quant_mode = QUANT_MODES.get(mode)
+    model = copy.deepcopy(model).eval()  # modes rewrite the module in place
     started = time.perf_counter()
     with torch.no_grad():
-        qmodel = quant_mode.quantize(model.eval(), calibration)
+        qmodel = quant_mode.quantize(model, calibration)
     return qmodel, {
         "quantize_seconds": time.perf_counter() - started,
         "model_bytes": quant_mode.model_bytes(qmodel),

@@ -39,11 +39,20 @@ def unlearn(
         num_classes=data.num_classes, mean=data.mean, std=data.std,
         augment=augment, device=torch.device(device), seed=seed,
     )  # fmt: skip
+    shapes = _shapes(model)
     torch.manual_seed(seed)
     started = time.perf_counter()
     model.to(device).train()
-    model = entry.fn(model, bundle, entry.params(**hparams))
+    model = entry.fn(model, bundle, entry.instantiate(hparams))
+    if bundle.device.type == "cuda":
+        torch.cuda.synchronize(bundle.device)  # kernels run asynchronously: count them before stopping the clock
     seconds = time.perf_counter() - started
+    if _shapes(model) != shapes:  # the artifact is restored into a freshly built model of the original's name
+        raise CellError(f"{method} changed the model's architecture; it must return the same layers")
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise CellError(f"{method} diverged: the unlearnt weights contain NaN or inf")
     return model.eval(), {"unlearn_seconds": seconds}
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}

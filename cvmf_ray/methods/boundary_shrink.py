@@ -1,0 +1,56 @@
+"""Boundary Shrink (Chen et al., CVPR'23 "Boundary Unlearning"): pull every forget sample across its nearest
+decision boundary.
+
+A frozen copy of the original finds each forget sample's nearest wrong class with one FGSM step of size
+`bound` (in [0, 1] pixel units, clamped and rounded to the 8-bit grid); the model is then trained with
+cross-entropy toward that class on the clean sample. Official code defaults: FGSM bound 0.1, 10 epochs over
+the forget set, SGD lr 1e-5, momentum 0.9, no weight decay; OPTML's port (Unlearn-Saliency
+`boundary_sh.py`) keeps bound 0.1 ("hard coding in the paper").
+
+Deviations, measured on `digits` (small_cnn, class 0, seeds 0-3): bound 0.3, not 0.1: on 8×8 digits
+with 17 grey levels a 0.1 step crosses the boundary for only 20% of the forget class (0.2: 97%, 0.3:
+100%), so most samples were trained toward their own label. lr 5e-4 (batch 32), not 1e-5: the forget
+class has 135 images (5 steps per epoch, against ~80 for a CIFAR class), and at 1e-5 only the BatchNorm
+running statistics move. With both, forget-train accuracy ≤ 1.5% and retain-train ≥ 98.3% on all four
+seeds; at bound 0.2 and lr 1e-3 forget-train accuracy ranged 1-35%.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cvmf_ray.methods import UnlearnData, register_method
+from cvmf_ray.methods._common import Count, Positive, epoch_seed, frozen_copy, step
+
+
+@dataclass
+class BoundaryShrinkParams:
+    epochs: Count = 10
+    lr: Positive = 5e-4
+    batch_size: Count = 32
+    bound: Positive = 0.3  # FGSM step, in [0, 1] pixel units
+
+
+def nearest_wrong_label(teacher, x, y, bound: float, mean, std) -> torch.Tensor:
+    """The teacher's prediction on a one-step FGSM perturbation of normalised images `x`."""
+    mean = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(teacher(x), y), x)
+    pixels = x.detach() * std + mean + bound * grad.sign()  # sign(∂/∂pixels) = sign(∂/∂x): std > 0
+    pixels = torch.round(pixels.clamp(0, 1) * 255) / 255
+    with torch.no_grad():
+        return teacher((pixels - mean) / std).argmax(1)
+
+
+@register_method("boundary_shrink", BoundaryShrinkParams)
+def boundary_shrink(model, data: UnlearnData, params: BoundaryShrinkParams):
+    teacher = frozen_copy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9)
+    forget = data.loader("forget", params.batch_size)
+    for epoch in range(params.epochs):
+        for x, y in forget.epoch(epoch_seed(data.seed, epoch)):
+            target = nearest_wrong_label(teacher, x, y, params.bound, data.mean, data.std)
+            step(optimizer, F.cross_entropy(model(x), target))
+    return model

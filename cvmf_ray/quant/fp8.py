@@ -1,0 +1,20 @@
+"""fp8 W8A8 (`fp8_e4m3`, `fp8_e5m2`), simulated exactly in PyTorch on any device.
+
+Weights: one scale per output channel (amax / 448 for e4m3, amax / 57344 for e5m2), stored as float8 codes.
+Activations: the input of every Conv2d and Linear is cast onto the fp8 grid with one static per-tensor
+scale, max-calibrated on the fp32 model over the calibration images (FP8 PTQ as in Shen et al., MLSys 2024,
+and NVIDIA ModelOpt's FP8 config, but with per-channel weights). Casts saturate and round to nearest even,
+so the values every conv sees are exactly those an fp8 kernel would multiply (it accumulates in fp32 too).
+
+No native float8 path: `F.conv2d` rejects float8 tensors on CPU, and torchao 0.18's fp8 conv needs the
+`mslk` package and an SM100 GPU (neither available here, none verified); a native fp8 kernel for the final
+Linear alone would make CPU and GPU numerics differ for no measurable speed-up.
+"""
+
+import torch
+
+from cvmf_ray.quant import register_quant
+from cvmf_ray.quant._layers import FloatGrid, GridMode
+
+register_quant(GridMode("fp8_e4m3", FloatGrid(torch.float8_e4m3fn), quantize_inputs=True))
+register_quant(GridMode("fp8_e5m2", FloatGrid(torch.float8_e5m2), quantize_inputs=True))

@@ -1,0 +1,142 @@
+"""`int8`: static post-training W8A8 with torchao's PT2E flow and the X86 inductor quantizer.
+
+torch.export (strict, dynamic batch) → `prepare_pt2e` (folds BatchNorm into the convs, inserts observers) →
+calibration forwards on retain-train images (evaluation transform) → `convert_pt2e`. Weights: int8,
+symmetric, per output channel; activations: uint8, affine, per tensor, histogram-calibrated. The result is
+a graph of quantize/dequantize ops around fp32 convs: the int8 arithmetic, run in eager PyTorch on any
+device (evaluation uses this); `torch.compile` with inductor freezing lowers the same graph to onednn int8
+kernels on x86 (`scripts/bench_quant.py` measures both; they agree on every test prediction).
+
+Strict export because torchvision's BasicBlock calls one `self.relu` module twice: the default non-strict
+export maps both calls to one module and `prepare_pt2e` fails ("Input partition has more than one output
+node", pytorch/ao#4478).
+
+Saved state: the tensors the converted graph reads (int8 weights, weight scales and zero points, folded
+biases), the activation scales and zero points (literals in the graph) and the input shape; `restore`
+rebuilds the same graph from a fresh model and writes these values back into it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from cvmf_ray.errors import CellError
+from cvmf_ray.quant import QuantMode, register_quant, run_calibration
+
+INPUT_SHAPE, ACT_SCALE, ACT_ZERO_POINT = "input_shape", "activation_scale", "activation_zero_point"
+
+
+def prepare(model: nn.Module, calibration: torch.Tensor) -> torch.fx.GraphModule:
+    """Export, fold BatchNorm, insert observers and calibrate: everything before `convert_pt2e`."""
+    # torchao is imported here, not at the top: every Ray worker imports this package, few quantize to int8
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    example = torch.zeros(2, *calibration.shape[1:], device=calibration.device)  # batch ≥ 2: 0/1 get specialised
+    try:
+        exported = torch.export.export(model, (example,), dynamic_shapes=({0: Dim("batch")},), strict=True)
+    except Exception as err:  # any export failure is a property of the architecture: same input, same fault
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CellError(f"int8 needs a model torch.export can capture: {reason}") from err
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported.module(), quantizer)
+    run_calibration(prepared, calibration)
+    return prepared
+
+
+class Int8Model(nn.Module):
+    """The converted graph plus the input shape it was exported with; inference only.
+
+    `.eval()` is free and `.train()` refuses: the exported graph is specialised to eval mode, while
+    torchao's `allow_exported_model_train_eval` re-runs a pattern rewrite on every `.eval()` (~0.5 s).
+    """
+
+    def __init__(self, graph: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.graph_module = graph
+        self.register_buffer(INPUT_SHAPE, torch.tensor(input_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph_module(x)
+
+    def train(self, mode: bool = True) -> Int8Model:
+        if mode:
+            raise RuntimeError("an int8 model is inference-only: it was exported in eval mode")
+        return self
+
+
+def convert(prepared: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> Int8Model:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    graph = convert_pt2e(prepared)
+    used = set(_graph_tensors(graph))
+    for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
+        if name not in used:  # fp32 weights that constant folding replaced by int8 copies
+            owner, _, attr = name.rpartition(".")
+            delattr(graph.get_submodule(owner), attr)
+    return Int8Model(graph, input_shape)
+
+
+class Int8(QuantMode):
+    name = "int8"
+    needs_calibration = True
+
+    def quantize(self, model, calibration):
+        return convert(prepare(model, calibration), tuple(calibration.shape[1:]))
+
+    def restore(self, model, state):
+        shape = tuple(state[INPUT_SHAPE].tolist())
+        qmodel = convert(prepare(model, torch.zeros(2, *shape)), shape)  # same graph, placeholder values
+        tensors = _graph_tensors(qmodel.graph_module)
+        activations = _activation_nodes(qmodel.graph_module)
+        if (
+            set(state) != {*tensors, INPUT_SHAPE, ACT_SCALE, ACT_ZERO_POINT}
+            or any((t.shape, t.dtype) != (state[name].shape, state[name].dtype) for name, t in tensors.items())
+            or len(activations) != len(state[ACT_SCALE])
+        ):
+            raise CellError("the saved int8 state does not match this architecture's quantized graph")
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                tensor.copy_(state[name])
+        qparams = zip(state[ACT_SCALE].tolist(), state[ACT_ZERO_POINT].tolist(), strict=True)
+        for node, (scale, zero_point) in zip(activations, qparams, strict=True):
+            node.args = (node.args[0], scale, zero_point, *node.args[3:])
+        qmodel.graph_module.recompile()
+        return qmodel
+
+    def state_dict(self, qmodel):
+        activations = _activation_nodes(qmodel.graph_module)
+        return {
+            **{name: t.detach().contiguous() for name, t in _graph_tensors(qmodel.graph_module).items()},
+            INPUT_SHAPE: getattr(qmodel, INPUT_SHAPE),
+            ACT_SCALE: torch.tensor([n.args[1] for n in activations], dtype=torch.float64),
+            ACT_ZERO_POINT: torch.tensor([n.args[2] for n in activations], dtype=torch.int64),
+        }
+
+
+def _graph_tensors(gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
+    """Every tensor the graph reads (its `get_attr` nodes), by qualified name."""
+    tensors = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value = functools.reduce(getattr, node.target.split("."), gm)
+            if isinstance(value, torch.Tensor):
+                tensors[node.target] = value
+    return tensors
+
+
+def _activation_nodes(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    """Per-tensor activation (de)quantize nodes, in graph order; their scale and zero point are literals."""
+    ops = torch.ops.quantized_decomposed  # registered by torchao's pt2e import in prepare()
+    targets = (ops.quantize_per_tensor.default, ops.dequantize_per_tensor.default)
+    return [node for node in gm.graph.nodes if node.op == "call_function" and node.target in targets]
+
+
+register_quant(Int8())

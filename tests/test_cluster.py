@@ -1,0 +1,97 @@
+"""A real multi-node Ray cluster on one machine (`ray start --head` + `ray start --address` with declared
+GPUs), joined with `--address`, with the run directory given as a `file://` URI.
+"""
+
+import collections
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST, comparable, metas
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_cli(*args: str, env: dict) -> None:
+    subprocess.run([RAY, *args], env=env, check=True, capture_output=True, timeout=180)
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    """start(head_gpus, [(worker_cpus, worker_gpus)]) -> address; everything is stopped afterwards."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # Ray 2.60 clusters require token auth by default
+    (tmp_path / "user_methods.py").write_text(
+        textwrap.dedent('''
+        import time
+
+        def nap(model, data, params):
+            """A stand-in for a GPU-heavy method: holds its trial for two seconds."""
+            time.sleep(2)
+            return model
+        ''')
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def start(head_cpus: int, head_gpus: int, workers=()) -> str:
+        port = free_port()
+        common = ["--disable-usage-stats"]
+        ray_cli("start", "--head", f"--port={port}", f"--num-cpus={head_cpus}", f"--num-gpus={head_gpus}",
+                "--include-dashboard=false", *common, env=env)  # fmt: skip
+        for cpus, gpus in workers:
+            ray_cli(
+                "start", f"--address=127.0.0.1:{port}", f"--num-cpus={cpus}", f"--num-gpus={gpus}", *common, env=env
+            )
+        return f"127.0.0.1:{port}"
+
+    yield start
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_two_node_grid_places_gpu_trials_on_the_gpu_node_and_matches_single_node(cluster, default_run, tmp_path, cli):
+    address = cluster(1, 0, workers=[(2, 2)])  # the head has no GPU; the worker declares two
+    uri = f"file://{tmp_path}/shared"
+    code, out, err = cli("grid", "--address", address, "--results-dir", uri, *FAST)
+    assert code == 0, out + err
+    run = tmp_path / "shared/default"
+    cells = metas(run)
+    head_nodes = {m["placement"]["node_id"] for m in cells.values() if not m["placement"]["gpu_ids"]}
+    assert not head_nodes  # every trial held a GPU, so every one ran on the GPU node
+    for meta in cells.values():
+        if meta["parent"] is not None:
+            parent = cells[meta["parent"]]["placement"]
+            assert meta["placement"]["pid"] != parent["pid"]  # read another process's checkpoint
+            assert meta["placement"]["parent_read_from"] in ("object store", "storage")
+    assert comparable(run / "results.parquet") == comparable(default_run / "results.parquet")
+
+
+def test_fractional_gpu_trials_spread_over_every_declared_gpu(cluster, tmp_path, cli):
+    address = cluster(8, 4)  # one node, 8 CPUs and 4 declared GPUs
+    code, out, err = cli(
+        "grid", "--address", address, "--results-dir", tmp_path, "--gpus-per-trial", "0.5",
+        "--methods", "user_methods:nap", "--forget-classes", "0,1,2,3,4,5,6,7", "--quant", "fp32", "--epochs", "1",
+    )  # fmt: skip
+    assert code == 0, out + err
+    naps = [m for m in metas(tmp_path / "default").values() if m["stage"] == "unlearn"]
+    per_gpu = collections.Counter(gpu for m in naps for gpu in m["placement"]["gpu_ids"])
+    assert per_gpu == {"0": 2, "1": 2, "2": 2, "3": 2}  # not piled onto GPU 0
+
+
+def test_joining_a_token_cluster_without_the_token_mode_is_one_clear_error(cluster, tmp_path, cli, monkeypatch):
+    address = cluster(1, 0)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    code, _, err = cli("grid", "--address", address, "--results-dir", tmp_path, "--epochs", "1")
+    assert code == 2
+    assert "RAY_AUTH_MODE=token" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())

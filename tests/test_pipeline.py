@@ -1,0 +1,102 @@
+"""End to end through real Ray Tune on the embedded default: the grid, resume, retries, failures, kills.
+
+Few and fat: each test starts Ray once (~3 s) and runs a real grid on `digits`.
+"""
+
+import json
+import os
+import textwrap
+
+import pyarrow.parquet as pq
+
+from tests.conftest import FAST, comparable, kill_session, metas, start_driver, wait_for
+
+
+def test_default_grid_writes_every_result_and_a_rerun_starts_nothing(default_run, cli):
+    rows = pq.read_table(default_run / "results.parquet").to_pylist()
+    assert len(rows) == 20 and all(r["status"] == "ok" and r["error"] is None for r in rows)
+    assert {(r["method"], r["quant"]) for r in rows} == {
+        (m, q)
+        for m in ("original", "retrain", "finetune", "gradient_ascent", "random_label")
+        for q in ("fp32", "fp16", "bf16", "int8")
+    }
+    evaluations = {p.stem: json.loads(p.read_text()) for p in (default_run / "evaluations").glob("*.json")}
+    assert evaluations == {r["key"]: r for r in rows}  # the JSON files and the table say the same
+    by = {(r["method"], r["quant"]): r for r in rows}
+    assert by["retrain", "fp32"]["forget_train_accuracy"] == 0.0  # never saw class 0
+    assert by["original", "fp32"]["forget_train_accuracy"] > 0.9
+    assert by["retrain", "fp32"]["gap_to_retrain"] == 0.0
+    assert by["original", "int8"]["recovery_forget_train_accuracy"] is not None
+    assert by["finetune", "fp32"]["speedup_over_retrain"] > 0
+    for row in rows:
+        for split in ("test", "forget_train", "retain_train", "retain_test", "forget_test"):
+            assert 0.0 <= row[f"{split}_accuracy"] <= 1.0
+
+    before = metas(default_run)
+    experiments = sorted(p.name for p in (default_run / "tune").iterdir())
+    code, out, _ = cli("grid", "--results-dir", default_run.parent, *FAST)
+    assert code == 0
+    assert "cell(s) to run" not in out  # no wave, so no Tune trial, was started
+    assert sorted(p.name for p in (default_run / "tune").iterdir()) == experiments
+    assert metas(default_run) == before  # nothing recomputed or rewritten
+    code, out, _ = cli("status", default_run)
+    assert code == 0 and "evaluate      20       0        0" in out
+    code, out, _ = cli("results", default_run)
+    assert code == 0 and "20 rows" in out and "gradient_ascent" in out
+
+
+USER_METHODS = '''
+import os
+from pathlib import Path
+
+import torch
+
+
+def flaky(model, data, params):
+    """Raises once (a transient fault), then succeeds: Tune must retry the trial."""
+    marker = Path(os.environ["CVMF_TEST_MARKER"])
+    if not marker.exists():
+        marker.write_text("raised once")
+        raise RuntimeError("injected transient fault")
+    return model
+
+
+def diverges(model, data, params):
+    """Produces NaN weights: the cell must fail with its reason while every other cell finishes."""
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    return model
+'''
+
+
+def test_transient_fault_is_retried_and_a_diverging_method_fails_alone(tmp_path, cli, monkeypatch):
+    (tmp_path / "user_methods.py").write_text(textwrap.dedent(USER_METHODS))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("CVMF_TEST_MARKER", str(tmp_path / "marker"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["grid", "--results-dir", tmp_path / "out", "--methods", "original,user_methods:flaky,user_methods:diverges"]
+    code, out, err = cli(*args, "--quant", "fp32,fp16", *FAST)
+    assert code == 1, out + err  # some cells failed, the rest finished
+    assert (tmp_path / "marker").read_text() == "raised once"
+    rows = {(r["method"], r["quant"]): r for r in pq.read_table(tmp_path / "out/default/results.parquet").to_pylist()}
+    assert rows["user_methods:flaky", "fp32"]["status"] == "ok"  # retried by Tune, then succeeded
+    assert rows["original", "fp16"]["status"] == "ok"
+    for quant in ("fp32", "fp16"):
+        failed = rows["user_methods:diverges", quant]
+        assert failed["status"] == "failed" and "diverged" in failed["error"]
+    assert "failed: user_methods:diverges/fp32" in out
+
+
+def test_a_run_killed_midway_resumes_to_the_same_table(default_run, tmp_path, cli):
+    results = tmp_path / "results"
+    driver = start_driver("grid", "--results-dir", results, *FAST, log=tmp_path / "driver.log")
+    wait_for(lambda: any(m["stage"] == "unlearn" for m in metas(results / "default").values()), driver, "unlearning")
+    kill_session(driver)
+    finished_before = metas(results / "default")
+    assert not (results / "default/results.parquet").exists()
+
+    code, _, _ = cli("grid", "--results-dir", results, *FAST)
+    assert code == 0
+    after = metas(results / "default")
+    assert all(after[key] == meta for key, meta in finished_before.items())  # nothing finished was recomputed
+    assert comparable(results / "default/results.parquet") == comparable(default_run / "results.parquet")
