@@ -9,6 +9,7 @@ wave; an interrupted wave is first restored with `Tuner.restore(..., resume_erro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -85,9 +86,23 @@ def _start_local_ray(config: GridConfig, local_gpus: int) -> None:
     )
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (Ray's C++ core logs a retry warning per second while it cannot join)."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _join(address: str) -> None:
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        with _quiet_stderr():
+            ray.init(address=address, logging_level=logging.WARNING)
     except Exception as err:  # ConnectionError, AuthenticationError, ...: all mean "cannot join"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(

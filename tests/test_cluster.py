@@ -88,10 +88,12 @@ def test_fractional_gpu_trials_spread_over_every_declared_gpu(cluster, tmp_path,
     assert per_gpu == {"0": 2, "1": 2, "2": 2, "3": 2}  # not piled onto GPU 0
 
 
-def test_joining_a_token_cluster_without_the_token_mode_is_one_clear_error(cluster, tmp_path, cli, monkeypatch):
+def test_joining_a_token_cluster_without_the_token_mode_is_one_clear_error(cluster, tmp_path):
     address = cluster(1, 0)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    code, _, err = cli("grid", "--address", address, "--results-dir", tmp_path, "--epochs", "1")
-    assert code == 2
-    assert "RAY_AUTH_MODE=token" in err and len(err.strip().splitlines()) == 1
-    assert not any(tmp_path.iterdir())
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # a fresh shell, as a user has it
+    command = [sys.executable, "-m", "cvmf_ray", "grid", "--address", address, "--results-dir", str(tmp_path / "out")]
+    joined = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert joined.returncode == 2
+    assert joined.stderr.strip().splitlines() == [joined.stderr.strip()]  # exactly one line
+    assert "RAY_AUTH_MODE=token" in joined.stderr
+    assert not (tmp_path / "out").exists()
