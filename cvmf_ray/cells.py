@@ -35,6 +35,7 @@ class CellSettings:
     data_root: str
     device: str = "cpu"
     checkpoint_every: int = 1
+    compile: bool = False
     placement: dict | None = None  # where the cell ran (node, pid, GPU ids): recorded in its meta
 
 
@@ -66,7 +67,6 @@ def execute_cell(
 ) -> dict:
     """Run `cell`, save its artifact, return its metrics."""
     p = cell.params
-    started_at = time.time()
     torch.manual_seed(p["seed"])
     data = load_dataset(p["dataset"], settings.data_root)
     forget = ForgetSpec(**p["forget"]) if "forget" in p else None
@@ -76,13 +76,15 @@ def execute_cell(
     quant = "fp32"
     if cell.stage == "train":
         exclude = forget_mask(ForgetSpec(**p["exclude"]), data.train_y, p["seed"]) if p["exclude"] else None
-        recipe = TrainRecipe(**p["recipe"], checkpoint_every=settings.checkpoint_every)
+        recipe = TrainRecipe(**p["recipe"], checkpoint_every=settings.checkpoint_every, compile=settings.compile)
         model = build_model(p)
+        started_at = time.time()
         model, metrics = train(model, data, recipe, p["seed"], exclude, device=device, resume=resume, on_epoch=on_epoch)
         metrics["resumed_from_epoch"] = int(resume["epoch"]) if resume else 0
         tensors = model.state_dict()
     elif cell.stage == "unlearn":
         model = restore_model(parent_meta, parent_tensors)
+        started_at = time.time()
         model, metrics = unlearn(
             model,
             data,
@@ -97,16 +99,19 @@ def execute_cell(
     elif cell.stage == "quantize":
         model = restore_model(parent_meta, parent_tensors)
         calibration = calibration_images(data, forget, p["seed"], p["calibration_size"])
+        started_at = time.time()
         qmodel, metrics = quantize(model, p["quant"], calibration)
         quant, tensors = p["quant"], QUANT_MODES.get(p["quant"]).state_dict(qmodel)
     else:
         model = restore_model(parent_meta, parent_tensors).to(device)
+        started_at = time.time()
         metrics = evaluate(model, split_data(data, forget, p["seed"]), data.mean, data.std, device=device)
         quant, tensors = parent_meta["quant"], None
+    finished_at = time.time()  # the stage function's own span, for scripts/bench_grid.py
     if tensors is not None and "model_bytes" not in metrics:
         metrics["model_bytes"] = sum(t.numel() * t.element_size() for t in tensors.values())
     meta = {"stage": cell.stage, "parent": cell.parent, "params": p, "quant": quant, "metrics": metrics}
-    meta["interval"] = [started_at, time.time()]  # wall-clock span of the stage work, for bench_grid.py
+    meta["interval"] = [started_at, finished_at]
     meta["placement"] = {**(settings.placement or {}), "device": str(device), "parent_read_from": parent_source}
     store.save_artifact(cell.key, meta, tensors)
     return metrics

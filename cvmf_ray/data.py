@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
 
 def normalize(x_uint8: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
@@ -92,8 +91,10 @@ class DeviceLoader:
 # the reference: torchvision transforms on one PIL image at a time, batched by a DataLoader
 
 
-def torchvision_transform(mean, std, augment: Augment, size: tuple[int, int]) -> transforms.Compose:
+def torchvision_transform(mean, std, augment: Augment, size: tuple[int, int]):
     """The torchvision pipeline `Augment` + `normalize` reproduce, for images of `size` (h, w)."""
+    from torchvision import transforms  # the reference path only: importing torchvision costs ~1.5 s
+
     steps = [transforms.RandomCrop(size, padding=augment.crop_padding)] if augment.crop_padding else []
     steps += [transforms.RandomHorizontalFlip()] if augment.flip else []
     return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])

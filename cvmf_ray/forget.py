@@ -11,9 +11,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from cvmf_ray.datasets import ImageData
+from cvmf_ray.errors import CellError
 
 SPLITS = ("test", "forget_test", "retain_test", "forget_train", "retain_train")
 
@@ -42,8 +42,13 @@ def forget_mask(spec: ForgetSpec, labels: torch.Tensor, seed: int) -> torch.Tens
     """Boolean mask over training samples: True = in the forget set."""
     if spec.kind == "class":
         return labels == int(spec.value)
+    from sklearn.model_selection import train_test_split  # imported where used: ~1 s per process
+
     index = np.arange(len(labels))
-    forget, _ = train_test_split(index, train_size=spec.value, stratify=labels.numpy(), random_state=seed)
+    try:
+        forget, _ = train_test_split(index, train_size=spec.value, stratify=labels.numpy(), random_state=seed)
+    except ValueError as err:  # fewer forget (or retain) samples than classes: no stratified split exists
+        raise CellError(f"cannot draw a stratified {spec} forget set from {len(labels)} samples: {err}") from None
     mask = torch.zeros(len(labels), dtype=torch.bool)
     mask[torch.from_numpy(forget)] = True
     return mask

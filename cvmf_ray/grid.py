@@ -90,7 +90,7 @@ def quant_modes(config: GridConfig) -> list[str]:
 
 def expand_grid(config: GridConfig) -> Grid:
     grid = Grid({})
-    recipe = config.recipe.model_dump(exclude={"checkpoint_every"})
+    recipe = config.recipe.model_dump(exclude={"checkpoint_every", "compile"})  # neither changes the numbers
     augment = {"crop_padding": config.recipe.crop_padding, "flip": config.recipe.flip}
     for dataset in config.datasets:
         spec = DATASETS.get(dataset)

@@ -23,10 +23,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
-from sklearn.svm import SVC
 
 SEED = 0
 # SVC training is quadratic in samples: non-members above this are subsampled (~3 s at CIFAR scale, 2 cores)
@@ -58,12 +54,16 @@ def svc_efficacy(members: np.ndarray, nonmembers: np.ndarray, target: np.ndarray
     n = min(len(members), len(nonmembers))
     features = np.concatenate([members[:n], nonmembers[:n]])[:, None]
     labels = np.r_[np.ones(n), np.zeros(n)]
+    from sklearn.svm import SVC  # scikit-learn is imported where used: ~1 s for every process importing us
+
     attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, labels)
     return float(1 - attack.predict(target[:, None]).mean())
 
 
 def loss_auc(member_loss: np.ndarray, nonmember_loss: np.ndarray) -> float:
     labels = np.r_[np.ones(len(member_loss)), np.zeros(len(nonmember_loss))]
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(labels, -np.concatenate([member_loss, nonmember_loss])))
 
 
@@ -75,6 +75,9 @@ def seed_lr_accuracy(member_loss: np.ndarray, nonmember_loss: np.ndarray) -> flo
     nonmembers = rng.permutation(nonmember_loss)[:n]
     features = np.concatenate([nonmembers, members])[:, None]
     labels = np.r_[np.zeros(n), np.ones(n)]
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
+
     splits = StratifiedShuffleSplit(n_splits=10, random_state=SEED)
     # the kit's LogisticRegression() objective (L2, C=1); Newton's method reaches the same optimum ~5x faster
     attack = LogisticRegression(solver="newton-cholesky")

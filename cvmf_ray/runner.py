@@ -251,6 +251,7 @@ class GridRunner:
             "run_uri": self.store.uri,
             "data_root": self.config.data_root,
             "checkpoint_every": self.config.recipe.checkpoint_every,
+            "compile": self.config.recipe.compile,
         }
 
     def _restore_interrupted_wave(self, stage: str, cells: list[Cell]) -> bool:

@@ -7,6 +7,7 @@ happen inside the functions that need them.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import tempfile
@@ -16,6 +17,16 @@ import ray
 from ray import tune
 
 TRAIN_STATE = "train_state.pt"
+# what later stages import lazily: a warm worker pays for them once, while the first wave trains
+WARM_IMPORTS = (
+    "sklearn.metrics",
+    "sklearn.svm",
+    "sklearn.linear_model",
+    "sklearn.model_selection",
+    "sklearn.datasets",
+    "torchao.quantization.pt2e.quantize_pt2e",
+    "torchao.quantization.pt2e.quantizer.x86_inductor_quantizer",
+)
 
 
 def stage_trial(config: dict, parents: dict | None = None, workers: list | None = None) -> None:
@@ -53,7 +64,7 @@ def run_batch(config: dict, parents: dict | None, device: str, hooks=None) -> di
     store = RunStore(config["run_uri"])
     context = ray.get_runtime_context()
     placement = {"node_id": context.get_node_id(), "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
-    settings = CellSettings(config["data_root"], device, config["checkpoint_every"], placement)
+    settings = CellSettings(config["data_root"], device, config["checkpoint_every"], config["compile"], placement)
 
     def load_parent(key: str):
         meta, tensors = ray.get(parents[key]) if parents and key in parents else store.load_artifact(key)
@@ -90,6 +101,9 @@ class CellWorker:
         import torch
 
         import cvmf_ray.cells  # noqa: F401  (warm the imports while the first wave trains)
+
+        for module in WARM_IMPORTS:
+            importlib.import_module(module)
 
         torch.set_num_threads(1)  # as in a 1-CPU trial, so numbers do not depend on where a cell ran
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from cvmf_ray.datasets import DatasetSpec, register_dataset
 
@@ -18,6 +16,9 @@ TEST_FRACTION = 0.25
 
 
 def _load(_root: Path):
+    from sklearn.datasets import load_digits  # scikit-learn is imported where it is used (~1 s per process)
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
     train_x, test_x, train_y, test_y = train_test_split(

@@ -4,7 +4,6 @@ ImageNet MobileNetV2 downsamples 32× (a 32×32 image ends at 1×1); here the st
 stride-2 block run at stride 1, so the network downsamples 8×, like the small-image ResNets.
 """
 
-import torchvision
 from torch import nn
 
 from cvmf_ray.models import MODELS
@@ -12,6 +11,8 @@ from cvmf_ray.models import MODELS
 
 @MODELS.register("mobilenet_v2")
 def mobilenet_v2(in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision  # here, not at the top: importing it costs ~1.5 s in every Ray worker
+
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
     stem = model.features[0][0]
     model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, kernel_size=3, stride=1, padding=1, bias=False)

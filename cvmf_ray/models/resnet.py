@@ -4,14 +4,15 @@ The ImageNet stem (7×7 stride-2 conv + max-pool) shrinks a 32×32 image to 8×8
 the CIFAR convention replaces it by a 3×3 stride-1 conv and drops the max-pool.
 """
 
-import torchvision
 from torch import nn
 
 from cvmf_ray.models import MODELS
 
 
-def small_image_resnet(builder, in_channels: int, num_classes: int) -> nn.Module:
-    model = builder(weights=None, num_classes=num_classes)
+def small_image_resnet(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision  # here, not at the top: importing it costs ~1.5 s in every Ray worker
+
+    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
@@ -19,14 +20,14 @@ def small_image_resnet(builder, in_channels: int, num_classes: int) -> nn.Module
 
 @MODELS.register("resnet18")
 def resnet18(in_channels: int, num_classes: int) -> nn.Module:
-    return small_image_resnet(torchvision.models.resnet18, in_channels, num_classes)
+    return small_image_resnet("resnet18", in_channels, num_classes)
 
 
 @MODELS.register("resnet34")
 def resnet34(in_channels: int, num_classes: int) -> nn.Module:
-    return small_image_resnet(torchvision.models.resnet34, in_channels, num_classes)
+    return small_image_resnet("resnet34", in_channels, num_classes)
 
 
 @MODELS.register("resnet50")
 def resnet50(in_channels: int, num_classes: int) -> nn.Module:
-    return small_image_resnet(torchvision.models.resnet50, in_channels, num_classes)
+    return small_image_resnet("resnet50", in_channels, num_classes)
