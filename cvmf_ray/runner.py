@@ -237,13 +237,13 @@ class GridRunner:
         return tune.with_resources(fn, {"cpu": self.resources.cpus_per_trial, "gpu": gpus})
 
     def _put_parents(self, cells: list[Cell]) -> dict:
-        """Driver-owned object refs of the parents' weights: they outlive every trial of the wave."""
+        """Driver-owned object refs of the parents' verified safetensors bytes: they outlive every trial
+        of the wave, and no tensor is ever pickled (torch's pickling cannot even rebuild float8 storages)."""
         refs, budget = {}, PARENT_REF_BUDGET_BYTES
         for key in sorted({c.parent for c in cells if c.parent is not None}):
-            meta, tensors = self.store.load_artifact(key)
-            size = sum(t.numel() * t.element_size() for t in tensors.values())
-            if size <= budget:
-                refs[key], budget = ray.put((meta, tensors)), budget - size
+            meta, blob = self.store.read_weights(key)
+            if len(blob) <= budget:
+                refs[key], budget = ray.put((meta, blob)), budget - len(blob)
         return refs
 
     def _settings(self) -> dict:

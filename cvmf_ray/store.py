@@ -47,6 +47,16 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
+def decode_weights(key: str, blob: bytes) -> dict[str, torch.Tensor]:
+    """safetensors bytes -> tensors; anything else (a planted pickle, say) is a CorruptArtifact."""
+    if not blob:
+        return {}
+    try:
+        return load_safetensors(blob)
+    except Exception as err:  # safetensors raises its own error types for malformed headers
+        raise CorruptArtifact(f"artifact {key}: {WEIGHTS} is not a valid safetensors file ({err})") from None
+
+
 class RunStore:
     """All reads and writes of one run directory."""
 
@@ -167,21 +177,24 @@ class RunStore:
             return False
         return True
 
-    def load_artifact(self, key: str) -> tuple[dict, dict[str, torch.Tensor]]:
-        """Meta and weights, verified against the recorded SHA-256; safetensors only, never pickle."""
+    def read_weights(self, key: str) -> tuple[dict, bytes]:
+        """Meta and the raw safetensors bytes, verified against the recorded SHA-256 and decodable."""
         meta = self.read_meta(key)
         if "weights_sha256" not in meta:
-            return meta, {}
+            return meta, b""
         try:
             blob = self.read_bytes("artifacts", key, WEIGHTS)
         except FileNotFoundError:
             raise CorruptArtifact(f"artifact {key}: {WEIGHTS} is missing") from None
         if hashlib.sha256(blob).hexdigest() != meta["weights_sha256"]:
             raise CorruptArtifact(f"artifact {key}: {WEIGHTS} does not match its recorded SHA-256")
-        try:
-            return meta, load_safetensors(blob)
-        except Exception as err:  # safetensors raises its own error types for malformed headers
-            raise CorruptArtifact(f"artifact {key}: {WEIGHTS} is not a valid safetensors file ({err})") from None
+        decode_weights(key, blob)
+        return meta, blob
+
+    def load_artifact(self, key: str) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Meta and weights, verified; safetensors only, never pickle."""
+        meta, blob = self.read_weights(key)
+        return meta, decode_weights(key, blob)
 
     def discard_artifact(self, key: str) -> None:
         self.remove("artifacts", key)

@@ -59,7 +59,7 @@ def run_batch(config: dict, parents: dict | None, device: str, hooks=None) -> di
     from cvmf_ray.cells import CellSettings, execute_cell
     from cvmf_ray.errors import CellError
     from cvmf_ray.grid import Cell
-    from cvmf_ray.store import RunStore, StorageFull
+    from cvmf_ray.store import RunStore, StorageFull, decode_weights
 
     store = RunStore(config["run_uri"])
     context = ray.get_runtime_context()
@@ -67,9 +67,11 @@ def run_batch(config: dict, parents: dict | None, device: str, hooks=None) -> di
     settings = CellSettings(config["data_root"], device, config["checkpoint_every"], config["compile"], placement)
 
     def load_parent(key: str):
-        meta, tensors = ray.get(parents[key]) if parents and key in parents else store.load_artifact(key)
-        source = "object store" if parents and key in parents else "storage"
-        return {**meta, "read_from": source}, tensors
+        if parents and key in parents:
+            meta, blob = ray.get(parents[key])
+            return {**meta, "read_from": "object store"}, decode_weights(key, blob)
+        meta, tensors = store.load_artifact(key)
+        return {**meta, "read_from": "storage"}, tensors
 
     failed, unexpected = {}, []
     for cell in (Cell(**c) for c in config["batch"]["cells"]):
