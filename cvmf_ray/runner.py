@@ -263,7 +263,11 @@ class GridRunner:
         if record.get("finished") or not tune.Tuner.can_restore(path):
             return False
         trials = record.get("batches", len(cells))
-        tuner = tune.Tuner.restore(path, trainable=self._trainable(cells, trials), resume_errored=True)
+        try:
+            tuner = tune.Tuner.restore(path, trainable=self._trainable(cells, trials), resume_errored=True)
+        except Exception as err:  # an unreadable experiment state: a fresh wave is always safe
+            self.log(f"[{stage}] cannot restore the interrupted wave {record['name']} ({err}); starting afresh")
+            return False
         if not _restorable(tuner):
             self.log(f"[{stage}] the interrupted wave {record['name']} had not started; starting it afresh")
             return False
@@ -317,7 +321,7 @@ class GridRunner:
 def _restorable(tuner: tune.Tuner) -> bool:
     """A crash while a wave was starting can leave no results, or trials snapshotted without a config."""
     try:
-        return all("batch" in result.config for result in tuner.get_results())
+        return all(result.config and "batch" in result.config for result in tuner.get_results())
     except RuntimeError:  # "experiment has not been run, yet"
         return False
 

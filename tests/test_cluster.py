@@ -31,7 +31,7 @@ def ray_cli(*args: str, env: dict) -> None:
 def cluster(tmp_path, monkeypatch):
     """start(head_gpus, [(worker_cpus, worker_gpus)]) -> address; everything is stopped afterwards."""
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # Ray 2.60 clusters require token auth by default
-    (tmp_path / "user_methods.py").write_text(
+    (tmp_path / "cluster_methods.py").write_text(
         textwrap.dedent('''
         import time
 
@@ -80,7 +80,7 @@ def test_fractional_gpu_trials_spread_over_every_declared_gpu(cluster, tmp_path,
     address = cluster(8, 4)  # one node, 8 CPUs and 4 declared GPUs
     code, out, err = cli(
         "grid", "--address", address, "--results-dir", tmp_path, "--gpus-per-trial", "0.5",
-        "--methods", "user_methods:nap", "--forget-classes", "0,1,2,3,4,5,6,7", "--quant", "fp32", "--epochs", "1",
+        "--methods", "cluster_methods:nap", "--forget-classes", "0,1,2,3,4,5,6,7", "--quant", "fp32", "--epochs", "1",
     )  # fmt: skip
     assert code == 0, out + err
     naps = [m for m in metas(tmp_path / "default").values() if m["stage"] == "unlearn"]

@@ -70,27 +70,37 @@ def diverges(model, data, params):
 
 
 def test_transient_fault_is_retried_and_a_diverging_method_fails_alone(tmp_path, cli, monkeypatch):
-    (tmp_path / "user_methods.py").write_text(textwrap.dedent(USER_METHODS))
+    (tmp_path / "pipeline_methods.py").write_text(textwrap.dedent(USER_METHODS))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     monkeypatch.setenv("CVMF_TEST_MARKER", str(tmp_path / "marker"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    args = ["grid", "--results-dir", tmp_path / "out", "--methods", "original,user_methods:flaky,user_methods:diverges"]
+    args = [
+        "grid",
+        "--results-dir",
+        tmp_path / "out",
+        "--methods",
+        "original,pipeline_methods:flaky,pipeline_methods:diverges",
+    ]
     code, out, err = cli(*args, "--quant", "fp32,fp8_e4m3", "--forget-fractions", "0.1", *FAST)
     assert code == 1, out + err  # some cells failed, the rest finished
     assert (tmp_path / "marker").read_text() == "raised once"
     table = pq.read_table(tmp_path / "out/default/results.parquet").to_pylist()
     random_forgetting = [r for r in table if r["forget_fraction"] == 0.1]  # the second scenario, same grid
-    assert {r["method"] for r in random_forgetting} == {"original", "user_methods:flaky", "user_methods:diverges"}
+    assert {r["method"] for r in random_forgetting} == {
+        "original",
+        "pipeline_methods:flaky",
+        "pipeline_methods:diverges",
+    }
     assert all(r["forget_test_accuracy"] is None for r in random_forgetting)  # no forget-class test images
     original = next(r for r in random_forgetting if r["method"] == "original" and r["quant"] == "fp32")
     assert original["status"] == "ok" and original["forget_train_accuracy"] > 0.9
     rows = {(r["method"], r["quant"]): r for r in table if r["forget_class"] == 0}
-    assert rows["user_methods:flaky", "fp32"]["status"] == "ok"  # retried by Tune, then succeeded
+    assert rows["pipeline_methods:flaky", "fp32"]["status"] == "ok"  # retried by Tune, then succeeded
     assert rows["original", "fp8_e4m3"]["status"] == "ok"  # float8 weights travel between processes too
     for quant in ("fp32", "fp8_e4m3"):
-        failed = rows["user_methods:diverges", quant]
+        failed = rows["pipeline_methods:diverges", quant]
         assert failed["status"] == "failed" and "diverged" in failed["error"]
-    assert "failed: user_methods:diverges/" in out
+    assert "failed: pipeline_methods:diverges/" in out
 
 
 def test_a_run_killed_midway_resumes_to_the_same_table(default_run, tmp_path, cli):
