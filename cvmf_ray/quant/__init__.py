@@ -29,7 +29,6 @@ class QuantMode:
     """
 
     name: str = ""
-    needs_calibration = False
 
     def quantize(self, model: nn.Module, calibration: torch.Tensor | None) -> nn.Module:
         raise NotImplementedError

@@ -123,7 +123,6 @@ class GridMode(QuantMode):
 
     def __init__(self, name: str, grid: IntGrid | FloatGrid, quantize_inputs: bool) -> None:
         self.name, self.grid, self.quantize_inputs = name, grid, quantize_inputs
-        self.needs_calibration = quantize_inputs
 
     def quantize(self, model, calibration):
         return self.build(model, input_amax(model, calibration) if self.quantize_inputs else None)

@@ -86,7 +86,6 @@ def convert(prepared: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> Int
 
 class Int8(QuantMode):
     name = "int8"
-    needs_calibration = True
 
     def quantize(self, model, calibration):
         return convert(prepare(model, calibration), tuple(calibration.shape[1:]))
