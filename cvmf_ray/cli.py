@@ -139,21 +139,22 @@ def _run(cfg, expanded, resume: bool) -> int:
     started = time.perf_counter()
     failures: dict = {}
     try:
-        pending = [c for c in expanded.cells.values() if not store.is_done(c.key)]
-        if pending:
-            resources = connect(cfg, echo)  # raises UsageError (nothing written yet) when the request cannot fit
-            try:
-                store.remove_stale_temporaries()
-                store.write_json(expanded.to_json(), "grid.json")
-                counts = expanded.to_json()["counts"]
-                echo(f"run {store.uri}: " + ", ".join(f"{n} {stage}" for stage, n in counts.items()) + " cells")
-                failures = GridRunner(cfg, expanded, store, resources, echo).run()
-            finally:
-                ray.shutdown()
-        else:
-            echo(f"run {store.uri}: all {len(expanded.cells)} cells are finished; nothing to run")
+        pending = any(not store.is_done(key) for key in expanded.cells)
+        # connect first: a request the cluster cannot fit is a UsageError before anything is written
+        resources = connect(cfg, echo) if pending else None
+        try:
             store.remove_stale_temporaries()
-            store.write_json(expanded.to_json(), "grid.json")
+            grid_json = expanded.to_json()
+            store.write_json(grid_json, "grid.json")
+            if resources is None:
+                echo(f"run {store.uri}: all {len(expanded.cells)} cells are finished; nothing to run")
+            else:
+                counts = ", ".join(f"{n} {stage}" for stage, n in grid_json["counts"].items())
+                echo(f"run {store.uri}: {counts} cells")
+                failures = GridRunner(cfg, expanded, store, resources, echo).run()
+        finally:
+            if resources is not None:
+                ray.shutdown()
         rows = build_rows(expanded, store)
         write_results(rows, store)
     except StorageFull as err:
@@ -188,9 +189,9 @@ def status(run_dir: Annotated[str, typer.Argument(help="A run directory (RESULTS
     echo(f"{'stage':10}{'done':>6}{'failed':>8}{'pending':>9}")
     for stage in STAGES:
         keys = [c["key"] for c in cells if c["stage"] == stage]
-        done = sum(store.is_done(k) for k in keys)
-        failed = sum(k in failures and not store.is_done(k) for k in keys)
-        echo(f"{stage:10}{done:>6}{failed:>8}{len(keys) - done - failed:>9}")
+        finished = {k for k in keys if store.is_done(k)}
+        failed = sum(k in failures and k not in finished for k in keys)
+        echo(f"{stage:10}{len(finished):>6}{failed:>8}{len(keys) - len(finished) - failed:>9}")
 
 
 class Format(str, Enum):

@@ -221,9 +221,10 @@ class GridRunner:
             cells = [c for c in cells if not self.store.is_done(c.key) and not self._failed_now(c.key)]
         if cells:
             self._fresh_wave(stage, cells)
+        recorded = self.store.failures()
         for cell in self.grid.stage(stage):
             if not self.store.is_done(cell.key) and self._failed_now(cell.key):
-                self.failed[cell.key] = self.store.failures().get(cell.key, "failed")
+                self.failed[cell.key] = recorded.get(cell.key, "failed")
 
     def _failed_now(self, key: str) -> bool:
         record = self.store.path("failures", f"{key}.json")
@@ -278,7 +279,6 @@ class GridRunner:
     def _fresh_wave(self, stage: str, cells: list[Cell]) -> None:
         batches = batch_cells(stage, cells, self.resources.slots)
         name = f"{stage}-{digest([[c.key for c in b] for b in batches])}"
-        cpu_only = self.resources.gpus_per_trial == 0
         tuner = tune.Tuner(
             self._trainable(cells, len(batches)),
             param_space={
@@ -289,7 +289,8 @@ class GridRunner:
                 ),
             },
             tune_config=tune.TuneConfig(
-                reuse_actors=cpu_only,  # GPU trials get fresh processes: no leaked CUDA memory between them
+                reuse_actors=self.workers
+                is not None,  # GPU trials get fresh processes: no leaked CUDA memory between them
                 trial_dirname_creator=lambda trial: f"{stage}_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(

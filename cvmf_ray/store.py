@@ -179,6 +179,16 @@ class RunStore:
 
     def read_weights(self, key: str) -> tuple[dict, bytes]:
         """Meta and the raw safetensors bytes, verified against the recorded SHA-256 and decodable."""
+        meta, blob = self._hashed_weights(key)
+        decode_weights(key, blob)
+        return meta, blob
+
+    def load_artifact(self, key: str) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Meta and weights, verified; safetensors only, never pickle."""
+        meta, blob = self._hashed_weights(key)
+        return meta, decode_weights(key, blob)
+
+    def _hashed_weights(self, key: str) -> tuple[dict, bytes]:
         meta = self.read_meta(key)
         if "weights_sha256" not in meta:
             return meta, b""
@@ -188,13 +198,7 @@ class RunStore:
             raise CorruptArtifact(f"artifact {key}: {WEIGHTS} is missing") from None
         if hashlib.sha256(blob).hexdigest() != meta["weights_sha256"]:
             raise CorruptArtifact(f"artifact {key}: {WEIGHTS} does not match its recorded SHA-256")
-        decode_weights(key, blob)
         return meta, blob
-
-    def load_artifact(self, key: str) -> tuple[dict, dict[str, torch.Tensor]]:
-        """Meta and weights, verified; safetensors only, never pickle."""
-        meta, blob = self.read_weights(key)
-        return meta, decode_weights(key, blob)
 
     def discard_artifact(self, key: str) -> None:
         self.remove("artifacts", key)
