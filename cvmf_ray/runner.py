@@ -1,10 +1,12 @@
 """The Ray Tune layer: one `tune.Tuner` per stage wave over that wave's unfinished cells.
 
-Cheap cells of one stage are batched into as many trials as can run at once (Ray's per-trial overhead
-is ~1 s on a small machine); each training cell gets a trial of its own so its epoch checkpoints resume
-it mid-way after a retry. Parents travel as driver-owned object refs (`tune.with_parameters`), with the
-artifact on storage as the durable fallback. Resume is the runner's: finished cells are never put in a
-wave; an interrupted wave is first restored with `Tuner.restore(..., resume_errored=True)`.
+Each training cell gets a trial of its own, so its epoch checkpoints resume it mid-way after a retry.
+Cheap cells of one stage are batched (Ray's per-trial overhead is ~1 s on a small machine): on a
+CPU-only run into one trial that holds every slot and spreads them over the warm workers (trial.py),
+with GPUs into as many trials as can run at once. Parents travel as driver-owned object refs
+(`tune.with_parameters`), with the artifact on storage as the durable fallback. Resume is the
+runner's: finished cells are never put in a wave; an interrupted wave is first restored with
+`Tuner.restore(..., resume_errored=True)`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from cvmf_ray.config import GridConfig
 from cvmf_ray.errors import UsageError
 from cvmf_ray.grid import STAGES, Cell, Grid, digest
 from cvmf_ray.store import CorruptArtifact, RunStore, StorageFull
-from cvmf_ray.trial import CellWorker, stage_trial
+from cvmf_ray.trial import stage_trial
+from cvmf_ray.workers import CellWorker, WorkerLeases
 
 PARENT_REF_BUDGET_BYTES = 2 << 30  # beyond this, trials read parents from storage instead of the object store
 
@@ -130,11 +133,11 @@ def _plan_resources(config: GridConfig, log: Log) -> Resources:
     return Resources(cpus_per_trial, gpus_per_trial, max(slots, 1), gpus)
 
 
-def batch_cells(stage: str, cells: list[Cell], slots: int) -> list[list[Cell]]:
-    """Training: a trial per cell (its checkpoints are per trial). Other stages: at most `slots` trials."""
+def batch_cells(stage: str, cells: list[Cell], trials: int) -> list[list[Cell]]:
+    """Training: a trial per cell (its checkpoints are per trial). Other stages: at most `trials` trials."""
     if stage == "train":
         return [[c] for c in cells]
-    count = min(slots, len(cells))
+    count = min(trials, len(cells))
     return [cells[i::count] for i in range(count)]
 
 
@@ -148,6 +151,11 @@ class Progress(tune.Callback):
         cells = [Cell(**c) for c in trial.config["batch"]["cells"]]
         label = cells[0].describe() if len(cells) == 1 else f"{len(cells)} cells"
         self.log(f"  {mark} {self.stage}: {label} ({time.perf_counter() - self.started:.1f} s)")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "cells_done" in result:
+            done, cells = result["cells_done"], len(trial.config["batch"]["cells"])
+            self.log(f"  {self.stage}: {done}/{cells} cells ({time.perf_counter() - self.started:.1f} s)")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._line(trial, "done")
@@ -163,9 +171,11 @@ class GridRunner:
         self.config, self.grid, self.store, self.resources, self.log = config, grid, store, resources, log
         self.started = time.time()
         self.failed: dict[str, str] = {}
-        # CPU-only runs reuse one warm process per slot across all waves ("reuse actors for CPU stages")
+        # CPU-only runs execute every cell in one warm process per slot ("reuse actors for CPU stages")
         cpu_only = resources.gpus_per_trial == 0
         self.workers = [CellWorker.remote() for _ in range(resources.slots)] if cpu_only else None
+        self.leases = WorkerLeases.remote(resources.slots) if cpu_only else None
+        self.warmed = False
 
     def run(self) -> dict[str, str]:
         """Returns {key: error} for every cell that failed (or could not run) in this invocation."""
@@ -216,6 +226,10 @@ class GridRunner:
 
     def _run_stage(self, stage: str, cells: list[Cell]) -> None:
         self.log(f"[{stage}] {len(cells)} cell(s) to run")
+        if self.workers and stage != "train" and not self.warmed:
+            for worker in self.workers:  # imports for the later stages, while Tune starts this wave
+                worker.warm.remote()
+            self.warmed = True
         restored = self._restore_interrupted_wave(stage, cells)
         if restored:
             cells = [c for c in cells if not self.store.is_done(c.key) and not self._failed_now(c.key)]
@@ -231,9 +245,13 @@ class GridRunner:
         info = self.store.fs.get_file_info(record)
         return info.mtime is not None and info.mtime.timestamp() >= self.started - 1
 
-    def _trainable(self, cells: list[Cell], trials: int):
+    def _trainable(self, stage: str, cells: list[Cell], trials: int):
         parents = self._put_parents(cells)
-        fn = tune.with_parameters(stage_trial, parents=parents, workers=self.workers)
+        fn = tune.with_parameters(stage_trial, parents=parents, workers=self.workers, leases=self.leases)
+        if self.workers and stage != "train":  # one trial holds every slot it spreads cells over
+            slots = min(len(self.workers), len(cells))
+            bundles = [{"CPU": self.resources.cpus_per_trial}] * slots
+            return tune.with_resources(fn, tune.PlacementGroupFactory(bundles, strategy="PACK"))
         gpus = spread_gpu_share(self.resources.gpus_per_trial, self.resources.total_gpus, trials)
         return tune.with_resources(fn, {"cpu": self.resources.cpus_per_trial, "gpu": gpus})
 
@@ -265,7 +283,7 @@ class GridRunner:
             return False
         trials = record.get("batches", len(cells))
         try:
-            tuner = tune.Tuner.restore(path, trainable=self._trainable(cells, trials), resume_errored=True)
+            tuner = tune.Tuner.restore(path, trainable=self._trainable(stage, cells, trials), resume_errored=True)
         except Exception as err:  # an unreadable experiment state: a fresh wave is always safe
             self.log(f"[{stage}] cannot restore the interrupted wave {record['name']} ({err}); starting afresh")
             return False
@@ -277,10 +295,10 @@ class GridRunner:
         return True
 
     def _fresh_wave(self, stage: str, cells: list[Cell]) -> None:
-        batches = batch_cells(stage, cells, self.resources.slots)
+        batches = batch_cells(stage, cells, 1 if self.workers else self.resources.slots)
         name = f"{stage}-{digest([[c.key for c in b] for b in batches])}"
         tuner = tune.Tuner(
-            self._trainable(cells, len(batches)),
+            self._trainable(stage, cells, len(batches)),
             param_space={
                 **self._settings(),
                 "stage": stage,

@@ -1,47 +1,43 @@
-"""What runs inside Ray workers: the Tune function trainable and the reusable CPU cell workers.
+"""The Tune function trainable: what each trial of a stage wave does.
 
-This module imports only Ray at the top: a trial that hands its cells to a warm `CellWorker` never pays
-for importing torch, torchvision and scikit-learn (seconds per process on a small machine). Heavy imports
-happen inside the functions that need them.
+On a CPU-only run every cell executes in a warm `CellWorker` (workers.py) and a trial only dispatches:
+a training trial streams its cell's epoch checkpoints back from its worker to `tune.report`; any other
+wave is one trial that holds every slot's CPU and hands cells to whichever worker is free, so slow cells
+(int8 inference) never leave a core idle. With GPUs, trials run their cells in their own process, on the
+GPU Ray assigned them.
+
+This module imports only Ray at the top: heavy imports happen inside the functions that need them.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 import tempfile
 from pathlib import Path
 
 import ray
 from ray import tune
 
+from cvmf_ray.workers import run_batch, training_hooks
+
 TRAIN_STATE = "train_state.pt"
-# what later stages import lazily: a warm worker pays for them once, while the first wave trains
-WARM_IMPORTS = (
-    "sklearn.metrics",
-    "sklearn.svm",
-    "sklearn.linear_model",
-    "sklearn.model_selection",
-    "sklearn.datasets",
-    "torchao.quantization.pt2e.quantize_pt2e",
-    "torchao.quantization.pt2e.quantizer.x86_inductor_quantizer",
-)
+CELL_KEY = "cell_key"
 
 
-def stage_trial(config: dict, parents: dict | None = None, workers: list | None = None) -> None:
+def stage_trial(config: dict, parents: dict | None = None, workers: list | None = None, leases=None) -> None:
     """Function trainable: run every unfinished cell of the batch in `config["batch"]["cells"]`.
 
-    CPU-only batches (no training) go to the long-lived worker of their slot; training cells run here,
-    because their epoch checkpoints go through `tune.report`. Unexpected errors are re-raised after the
-    batch so Tune retries the trial (a retry skips the cells that finished).
+    Unexpected errors are re-raised after the batch so Tune retries the trial (a retry skips the cells
+    that finished, and a training cell resumes from its last epoch checkpoint).
     """
     for noisy in ("ray.train", "ray.tune"):  # "Checkpoint successfully created" on every epoch
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if workers and config["stage"] != "train":
-        outcome = ray.get(workers[config["batch"]["slot"] % len(workers)].run.remote(config, parents))
+    if not workers:
+        outcome = run_batch(config, parents, device=trial_device(), hooks=_in_process_training)
+    elif config["stage"] == "train":
+        outcome = _train_on_warm_worker(config, parents, workers, leases)
     else:
-        outcome = run_batch(config, parents, device=trial_device(), hooks=_train_hooks)
+        outcome = _spread_over_warm_workers(config, parents, workers)
     if outcome["unexpected"]:
         raise RuntimeError(f"{len(outcome['unexpected'])} cell(s) raised: " + "; ".join(outcome["unexpected"]))
     tune.report({"cells_failed": len(outcome["failed"])})
@@ -54,81 +50,71 @@ def trial_device() -> str:
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
-def run_batch(config: dict, parents: dict | None, device: str, hooks=None) -> dict:
-    """Run the batch's unfinished cells; returns {"failed": {key: error}, "unexpected": [messages]}."""
-    from cvmf_ray.cells import CellSettings, execute_cell
-    from cvmf_ray.errors import CellError
-    from cvmf_ray.grid import Cell
-    from cvmf_ray.store import RunStore, StorageFull, decode_weights
+def _spread_over_warm_workers(config: dict, parents: dict | None, workers: list) -> dict:
+    """Hand the batch's cells one at a time to whichever worker is free; report progress per cell."""
+    waiting = list(config["batch"]["cells"])
+    running: dict = {}
+    outcome: dict = {"failed": {}, "unexpected": []}
 
-    store = RunStore(config["run_uri"])
-    context = ray.get_runtime_context()
-    placement = {"node_id": context.get_node_id(), "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
-    settings = CellSettings(config["data_root"], device, config["checkpoint_every"], config["compile"], placement)
+    def hand_next_cell_to(worker) -> None:
+        running[worker.run.remote({**config, "batch": {"cells": [waiting.pop(0)]}}, parents)] = worker
 
-    def load_parent(key: str):
-        if parents and key in parents:
-            meta, blob = ray.get(parents[key])
-            return {**meta, "read_from": "object store"}, decode_weights(key, blob)
-        meta, tensors = store.load_artifact(key)
-        return {**meta, "read_from": "storage"}, tensors
-
-    failed, unexpected = {}, []
-    for cell in (Cell(**c) for c in config["batch"]["cells"]):
-        if store.is_done(cell.key):
-            continue
+    for worker in workers[: len(waiting)]:
+        hand_next_cell_to(worker)
+    finished = 0
+    while running:
+        [ref], _ = ray.wait(list(running))
+        worker = running.pop(ref)
+        if waiting:
+            hand_next_cell_to(worker)
         try:
-            extra = hooks(cell) if hooks is not None and cell.stage == "train" else {}
-            execute_cell(cell, store, load_parent, settings, **extra)
-        except StorageFull:
-            raise
-        except CellError as err:
-            failed[cell.key] = str(err)
-            store.save_failure(cell.key, str(err))
-        except Exception as err:
-            message = f"{type(err).__name__}: {err}"
-            unexpected.append(message)
-            store.save_failure(cell.key, message)
-    return {"failed": failed, "unexpected": unexpected}
+            result = ray.get(ref)
+        except ray.exceptions.RayError as err:  # the worker died: Ray restarts it, Tune retries this trial
+            result = {"failed": {}, "unexpected": [f"{type(err).__name__}: {str(err).splitlines()[0]}"]}
+        outcome["failed"].update(result["failed"])
+        outcome["unexpected"] += result["unexpected"]
+        finished += 1
+        if running:
+            tune.report({"cells_done": finished})
+    return outcome
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
-class CellWorker:
-    """A long-lived CPU process for cheap cells: imports torch once per grid, not once per wave.
-
-    It asks for no CPU of its own: it only ever works for a trial that holds one and waits on it.
-    """
-
-    def __init__(self) -> None:
-        import torch
-
-        import cvmf_ray.cells  # noqa: F401  (warm the imports while the first wave trains)
-
-        for module in WARM_IMPORTS:
-            importlib.import_module(module)
-
-        torch.set_num_threads(1)  # as in a 1-CPU trial, so numbers do not depend on where a cell ran
-
-    def run(self, config: dict, parents: dict | None) -> dict:
-        return run_batch(config, parents, device="cpu")
+def _train_on_warm_worker(config: dict, parents: dict | None, workers: list, leases) -> dict:
+    """Lease a free worker and relay its epoch checkpoints to Tune until the cell is trained."""
+    (cell,) = config["batch"]["cells"]
+    trial_id = tune.get_context().get_trial_id()
+    worker = workers[ray.get(leases.acquire.remote(trial_id))]
+    ray.get(worker.ready.remote())  # waits while Ray restarts a worker that died
+    try:
+        for ref in worker.train.remote(config, parents, _saved_training(cell["key"])):
+            item = ray.get(ref)
+            if "outcome" in item:
+                return item["outcome"]
+            _report_epoch(cell["key"], item["epoch"], item["state"])
+    finally:
+        leases.release.remote(trial_id)
+    raise RuntimeError("the worker stopped before the training cell finished")
 
 
-def _train_hooks(cell) -> dict:
-    """Epoch checkpoints through Tune, so a retried training trial resumes where it stopped."""
-    import torch
-
-    resume = None
+def _saved_training(cell_key: str) -> bytes | None:
+    """The training state of this trial's last epoch checkpoint, if it belongs to `cell_key`."""
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / TRAIN_STATE, weights_only=True)  # never unpickle objects
-        if state.get("key") == cell.key:
-            resume = state
-            print(f"[cvmf-ray] resuming training cell {cell.key} from epoch {state['epoch']}", flush=True)
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        key_file, state_file = Path(folder) / CELL_KEY, Path(folder) / TRAIN_STATE
+        if not key_file.exists() or key_file.read_text() != cell_key:
+            return None
+        return state_file.read_bytes()
 
-    def on_epoch(epoch: int, state: dict) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save({**state, "key": cell.key}, Path(folder) / TRAIN_STATE)
-            tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    return {"resume": resume, "on_epoch": on_epoch}
+def _report_epoch(cell_key: str, epoch: int, state: bytes) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / TRAIN_STATE).write_bytes(state)
+        (Path(folder) / CELL_KEY).write_text(cell_key)
+        tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _in_process_training(cell) -> dict:
+    """Training inside the trial itself (GPU runs): checkpoints go straight to `tune.report`."""
+    return training_hooks(_saved_training(cell.key), lambda epoch, state: _report_epoch(cell.key, epoch, state))
