@@ -41,18 +41,22 @@ def timed(command: list[str]) -> float:
 
 
 def empty_waves(trials_per_wave: list[int]) -> None:
-    """Ray's floor: start Ray, one Tuner per wave whose trials only report, shut down."""
+    """Ray's floor: start Ray, one Tuner per wave whose trials only report, shut down (Tune set up as
+    cvmf-ray sets it up: only the JSON result logger)."""
     import ray
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.update(RAY_AIR_NEW_OUTPUT="0", TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     storage = tempfile.mkdtemp(prefix="bench-floor-")
     for wave, trials in enumerate(trials_per_wave):
         tune.Tuner(
             tune.with_resources(lambda config: tune.report({"done": 1}), {"cpu": 1}),
             param_space={"trial": tune.grid_search(list(range(trials)))},
-            run_config=tune.RunConfig(name=f"wave{wave}", storage_path=storage, verbose=0),
+            run_config=tune.RunConfig(
+                name=f"wave{wave}", storage_path=storage, verbose=0, callbacks=[JsonLoggerCallback()]
+            ),
         ).fit()
     ray.shutdown()
     shutil.rmtree(storage)
@@ -81,7 +85,8 @@ def main() -> None:
     print(f"wall {wall:.1f} s, inside stage functions {stage_time:.1f} s, Ray overhead share {share:.1%}")
     print(
         f"Ray's floor ({len(waves)} waves of {waves} trials that do nothing): {floor:.1f} s; "
-        f"overhead above it {wall - stage_time - floor:.1f} s"
+        f"overhead above it {wall - stage_time - floor:.1f} s; with this much stage time no run "
+        f"can have a share below {floor / (floor + stage_time):.1%}"
     )
     shutil.rmtree(results)
 
