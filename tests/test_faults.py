@@ -69,6 +69,28 @@ def test_trial_and_worker_killed_mid_training_are_retried_from_the_last_epoch(lo
     assert comparable(run / "results.parquet") == comparable(long_training_reference / "results.parquet")
 
 
+def test_a_worker_killed_during_a_cheap_wave_is_restarted_and_its_cell_rerun(default_run, tmp_path):
+    run = tmp_path / "default"
+    driver = start_driver("grid", "--results-dir", tmp_path, *FAST, log=tmp_path / "driver.log")
+    wait_for(lambda: "evaluate: 3/20" in driver.log.read_text(), driver, "the evaluate wave")
+    busy: list[str] = []
+
+    def a_busy_worker() -> bool:
+        processes = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        busy[:] = [line.split()[0] for line in processes.splitlines() if "ray::CellWorker.run" in line]
+        return bool(busy)
+
+    wait_for(a_busy_worker, driver, "a worker running a cell")
+    subprocess.run(["kill", "-9", busy[0]], check=True)
+    try:
+        assert driver.wait(timeout=300) == 0
+    finally:
+        kill_session(driver)
+    evaluated_by = {m["placement"]["pid"] for m in metas(run).values() if m["stage"] == "evaluate"}
+    assert len(evaluated_by - {int(busy[0])}) == 2  # the surviving worker and the one Ray restarted
+    assert comparable(run / "results.parquet") == comparable(default_run / "results.parquet")
+
+
 def test_driver_killed_between_waves_and_while_writing_results(default_run, tmp_path, cli):
     run = tmp_path / "default"
     finished = {}
