@@ -118,9 +118,10 @@ class CellWorker:
     def train(self, config: dict, parents: dict | None, saved: bytes | None):
         """Train the batch's cell, yielding {"epoch", "state"} per checkpoint, then {"outcome"}.
 
-        Training runs in a thread because the epoch callback cannot yield from inside the loop. When the
-        calling trial dies, Ray closes this generator: the thread then stops at its next epoch, and the
-        next call waits for it, so two cells never share the process (and torch's global RNG).
+        Training runs in a thread because the epoch callback cannot yield from inside the loop. If the
+        calling trial dies, the thread may run on and save the cell (or stop at its next epoch, once Ray
+        closes this generator); either way the next call waits for it, so two cells never share the
+        process, nor torch's global RNG.
         """
         self._wait_for_abandoned_training()
         items: queue.Queue = queue.Queue()
@@ -133,8 +134,8 @@ class CellWorker:
 
         def work() -> None:
             try:
-                hooks = lambda cell: training_hooks(saved, emit)  # noqa: E731  (only for a cell that runs)
-                items.put({"outcome": run_batch(config, parents, device="cpu", hooks=hooks)})
+                outcome = run_batch(config, parents, device="cpu", hooks=lambda cell: training_hooks(saved, emit))
+                items.put({"outcome": outcome})
             except BaseException as err:  # StorageFull and the like: re-raised below, in the caller's task
                 items.put({"error": err})
 
