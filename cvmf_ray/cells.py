@@ -20,7 +20,7 @@ from cvmf_ray.datasets import DATASETS, ImageData
 from cvmf_ray.forget import ForgetSpec, forget_mask, split_data
 from cvmf_ray.grid import Cell
 from cvmf_ray.models import create_model
-from cvmf_ray.quant import QUANT_MODES
+from cvmf_ray.quant import QUANT_MODES, tensor_bytes
 from cvmf_ray.stages import evaluate, quantize, train, unlearn
 from cvmf_ray.stages.quantize import calibration_images
 from cvmf_ray.store import RunStore
@@ -109,7 +109,7 @@ def execute_cell(
         quant, tensors = parent_meta["quant"], None
     finished_at = time.time()  # the stage function's own span, for scripts/bench_grid.py
     if tensors is not None and "model_bytes" not in metrics:
-        metrics["model_bytes"] = sum(t.numel() * t.element_size() for t in tensors.values())
+        metrics["model_bytes"] = tensor_bytes(tensors)
     meta = {"stage": cell.stage, "parent": cell.parent, "params": p, "quant": quant, "metrics": metrics}
     meta["interval"] = [started_at, finished_at]
     meta["placement"] = {**(settings.placement or {}), "device": str(device), "parent_read_from": parent_source}

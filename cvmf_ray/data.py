@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -104,6 +103,9 @@ class PILImages(Dataset):
     """uint8 [N, C, H, W] images served one PIL image at a time, as torchvision's dataset classes do."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, transform) -> None:
+        from PIL import Image  # the reference path only: every Ray worker imports this module
+
+        self.to_image = Image.fromarray
         self.x = x.permute(0, 2, 3, 1).contiguous().numpy()  # HWC, as PIL wants it
         self.y, self.transform = y.tolist(), transform
 
@@ -112,7 +114,7 @@ class PILImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         pixels = self.x[i]
-        image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)  # mode "L" or "RGB"
+        image = self.to_image(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)  # mode "L" or "RGB"
         return self.transform(image), self.y[i]
 
 

@@ -300,19 +300,17 @@ class GridRunner:
 
     def _fresh_wave(self, stage: str, cells: list[Cell]) -> None:
         batches = batch_cells(stage, cells, 1 if self.workers else self.resources.slots)
+        cpu_only = self.workers is not None  # GPU trials get fresh processes: no leaked CUDA memory between them
         name = f"{stage}-{digest([[c.key for c in b] for b in batches])}"
         tuner = tune.Tuner(
             self._trainable(stage, cells, len(batches)),
             param_space={
                 **self._settings(),
                 "stage": stage,
-                "batch": tune.grid_search(
-                    [{"slot": i, "cells": [asdict(c) for c in b]} for i, b in enumerate(batches)]
-                ),
+                "batch": tune.grid_search([{"cells": [asdict(c) for c in b]} for b in batches]),
             },
             tune_config=tune.TuneConfig(
-                reuse_actors=self.workers
-                is not None,  # GPU trials get fresh processes: no leaked CUDA memory between them
+                reuse_actors=cpu_only,
                 trial_dirname_creator=lambda trial: f"{stage}_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(

@@ -7,6 +7,7 @@ machine). This module imports only Ray (not Ray Tune) so that starting a worker 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import os
@@ -27,6 +28,15 @@ WARM_IMPORTS = (
 )
 
 
+@functools.lru_cache(maxsize=4)
+def open_store(uri: str):
+    """One RunStore per run directory and process: a warm worker gets a call per cell, and opening a
+    remote filesystem (s3://...) resolves credentials each time."""
+    from cvmf_ray.store import RunStore
+
+    return RunStore(uri)
+
+
 def run_batch(config: dict, parents: dict | None, device: str, hooks: Callable | None = None) -> dict:
     """Run the batch's unfinished cells; returns {"failed": {key: error}, "unexpected": [messages]}.
 
@@ -35,9 +45,9 @@ def run_batch(config: dict, parents: dict | None, device: str, hooks: Callable |
     from cvmf_ray.cells import CellSettings, execute_cell
     from cvmf_ray.errors import CellError
     from cvmf_ray.grid import Cell
-    from cvmf_ray.store import RunStore, StorageFull, decode_weights
+    from cvmf_ray.store import StorageFull, decode_weights
 
-    store = RunStore(config["run_uri"])
+    store = open_store(config["run_uri"])
     context = ray.get_runtime_context()
     placement = {"node_id": context.get_node_id(), "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
     settings = CellSettings(config["data_root"], device, config["checkpoint_every"], config["compile"], placement)

@@ -68,20 +68,23 @@ def wrong_labels(y: torch.Tensor, num_classes: int, generator: torch.Generator) 
     return (y + shift) % num_classes
 
 
-def mixed_batches(
-    data, forget_y: torch.Tensor, retain_x: torch.Tensor, retain_y: torch.Tensor, batch_size: int, seed: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """One shuffled pass over forget ∪ retain: batches of (x, y, is_forget).
+class ForgetRetainMix:
+    """forget ∪ retain as one shuffled set, concatenated once: each pass may relabel the forget samples.
 
-    `forget_y` replaces the forget set's labels (random labels for RL); `retain_x/y` may be a subset.
+    `retain_x/y` may be a subset of the retain set.
     """
-    n_forget = len(forget_y)
-    x = torch.cat([data.forget_x, retain_x])
-    y = torch.cat([forget_y, retain_y])
-    index = torch.arange(len(y), device=y.device)
-    loader = DeviceLoader(x, index, batch_size, data.mean, data.std, data.augment, data.device)
-    for xb, ib in loader.epoch(seed):
-        yield xb, y[ib], ib < n_forget
+
+    def __init__(self, data, retain_x: torch.Tensor, retain_y: torch.Tensor, batch_size: int) -> None:
+        self.n_forget, self.retain_y = len(data.forget_x), retain_y
+        x = torch.cat([data.forget_x, retain_x])
+        index = torch.arange(len(x), device=retain_y.device)
+        self.loader = DeviceLoader(x, index, batch_size, data.mean, data.std, data.augment, data.device)
+
+    def epoch(self, forget_y: torch.Tensor, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One pass, batches of (x, y, is_forget); `forget_y` labels the forget samples (RL: random ones)."""
+        y = torch.cat([forget_y, self.retain_y])
+        for xb, ib in self.loader.epoch(seed):
+            yield xb, y[ib], ib < self.n_forget
 
 
 def cycled(loader: DeviceLoader, seed: int, stream: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Fraction, Positive, epoch_seed, frozen_copy, mixed_batches, step
+from cvmf_ray.methods._common import Count, ForgetRetainMix, Fraction, Positive, epoch_seed, frozen_copy, step
 
 
 @dataclass
@@ -45,12 +45,10 @@ def bad_teacher(model, data: UnlearnData, params: BadTeacherParams):
     subset = torch.Generator(data.device).manual_seed(data.seed)
     keep = torch.randperm(len(data.retain_y), generator=subset, device=data.device)
     keep = keep[: max(1, int(params.retain_fraction * len(keep)))]
+    mix = ForgetRetainMix(data, data.retain_x[keep], data.retain_y[keep], params.batch_size)
     T = params.temperature
     for epoch in range(params.epochs):
-        seed = epoch_seed(data.seed, epoch)
-        for x, _, is_forget in mixed_batches(
-            data, data.forget_y, data.retain_x[keep], data.retain_y[keep], params.batch_size, seed
-        ):
+        for x, _, is_forget in mix.epoch(data.forget_y, epoch_seed(data.seed, epoch)):
             with torch.no_grad():
                 target = torch.where(is_forget[:, None], bad(x), good(x))
             kl = F.kl_div(F.log_softmax(model(x) / T, dim=1), F.softmax(target / T, dim=1), reduction="batchmean")

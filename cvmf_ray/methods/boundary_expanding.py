@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Positive, epoch_seed, step
+from cvmf_ray.methods._common import Count, Positive, epoch_seed, sgd, step
 
 
 @dataclass
@@ -55,7 +55,7 @@ def boundary_expanding(model, data: UnlearnData, params: BoundaryExpandingParams
     parent, attr, layer = _last_linear(model)
     wide = _widened(layer)
     setattr(parent, attr, wide)
-    optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9)
+    optimizer = sgd(model, params.lr, weight_decay=0)
     forget = data.loader("forget", params.batch_size)
     shadow = layer.out_features
     for epoch in range(params.epochs):

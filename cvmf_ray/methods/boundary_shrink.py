@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Positive, epoch_seed, frozen_copy, step
+from cvmf_ray.methods._common import Count, Positive, epoch_seed, frozen_copy, sgd, step
 
 
 @dataclass
@@ -32,10 +32,11 @@ class BoundaryShrinkParams:
     bound: Positive = 0.3  # FGSM step, in [0, 1] pixel units
 
 
-def nearest_wrong_label(teacher, x, y, bound: float, mean, std) -> torch.Tensor:
-    """The teacher's prediction on a one-step FGSM perturbation of normalised images `x`."""
-    mean = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+def nearest_wrong_label(teacher, x, y, bound: float, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The teacher's prediction on a one-step FGSM perturbation of normalised images `x`.
+
+    `mean` and `std` are (1, C, 1, 1) tensors on `x`'s device.
+    """
     x = x.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(F.cross_entropy(teacher(x), y), x)
     pixels = x.detach() * std + mean + bound * grad.sign()  # sign(∂/∂pixels) = sign(∂/∂x): std > 0
@@ -47,10 +48,11 @@ def nearest_wrong_label(teacher, x, y, bound: float, mean, std) -> torch.Tensor:
 @register_method("boundary_shrink", BoundaryShrinkParams)
 def boundary_shrink(model, data: UnlearnData, params: BoundaryShrinkParams):
     teacher = frozen_copy(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9)
+    optimizer = sgd(model, params.lr, weight_decay=0)
     forget = data.loader("forget", params.batch_size)
+    mean, std = (torch.tensor(v, device=data.device).view(1, -1, 1, 1) for v in (data.mean, data.std))
     for epoch in range(params.epochs):
         for x, y in forget.epoch(epoch_seed(data.seed, epoch)):
-            target = nearest_wrong_label(teacher, x, y, params.bound, data.mean, data.std)
+            target = nearest_wrong_label(teacher, x, y, params.bound, mean, std)
             step(optimizer, F.cross_entropy(model(x), target))
     return model

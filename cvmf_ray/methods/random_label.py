@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Positive, epoch_seed, mixed_batches, sgd, step, wrong_labels
+from cvmf_ray.methods._common import Count, ForgetRetainMix, Positive, epoch_seed, sgd, step, wrong_labels
 
 
 @dataclass
@@ -29,10 +29,10 @@ class RandomLabelParams:
 def train_relabelled(model, data: UnlearnData, params, optimizer: torch.optim.Optimizer):
     """The RL loop, shared with SalUn (which passes an optimizer that moves only salient weights)."""
     labels = torch.Generator(data.device).manual_seed(data.seed)
+    mix = ForgetRetainMix(data, data.retain_x, data.retain_y, params.batch_size)
     for epoch in range(params.epochs):
         forget_y = wrong_labels(data.forget_y, data.num_classes, labels)
-        seed = epoch_seed(data.seed, epoch)
-        for x, y, _ in mixed_batches(data, forget_y, data.retain_x, data.retain_y, params.batch_size, seed):
+        for x, y, _ in mix.epoch(forget_y, epoch_seed(data.seed, epoch)):
             step(optimizer, F.cross_entropy(model(x), y))
     return model
 

@@ -34,7 +34,7 @@ class MaskedSGD(torch.optim.SGD):
 
     def __init__(self, params: list[torch.nn.Parameter], masks: list[torch.Tensor], lr: float):
         super().__init__(params, lr=lr, momentum=0.9, weight_decay=5e-4)
-        self.masks = masks
+        self.masks, self.keep = masks, [mask.bool() for mask in masks]
         self.start = [p.detach().clone() for p in params]
 
     @torch.no_grad()
@@ -44,8 +44,8 @@ class MaskedSGD(torch.optim.SGD):
             if p.grad is not None:
                 p.grad.mul_(mask)
         super().step()
-        for p, mask, start in zip(params, self.masks, self.start, strict=True):  # weight decay moved masked weights too
-            p.copy_(torch.where(mask.bool(), p, start))
+        for p, mask, keep, start in zip(params, self.masks, self.keep, self.start, strict=True):
+            p.copy_(torch.where(keep, p, start))  # weight decay moved the masked weights too
             buffer = self.state[p].get("momentum_buffer")
             if buffer is not None:
                 buffer.mul_(mask)

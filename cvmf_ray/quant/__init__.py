@@ -41,8 +41,12 @@ class QuantMode:
         return {k: v.contiguous() for k, v in qmodel.state_dict().items()}
 
     def model_bytes(self, qmodel: nn.Module) -> int:
-        """Real storage size: every tensor the quantized model keeps, at its stored dtype."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict(qmodel).values())
+        return tensor_bytes(self.state_dict(qmodel))
+
+
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    """Real storage size: every tensor a model keeps, at its stored dtype (int4: packed two per byte)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 @torch.no_grad()
