@@ -29,6 +29,7 @@ class QuantMode:
     """
 
     name: str = ""
+    weight_bits: int = 32  # bits per stored weight (the report's x-axis: 32, 16, 8, 4)
 
     def quantize(self, model: nn.Module, calibration: torch.Tensor | None) -> nn.Module:
         raise NotImplementedError

@@ -41,6 +41,7 @@ class FloatGrid:
 
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype, self.qmax = dtype, float(torch.finfo(dtype).max)
+        self.bits = torch.finfo(dtype).bits
 
     def encode(self, v: torch.Tensor) -> torch.Tensor:
         return v.clamp(-self.qmax, self.qmax).to(self.dtype)  # clamp first: e4m3fn has no inf, overflow is NaN
@@ -123,6 +124,7 @@ class GridMode(QuantMode):
 
     def __init__(self, name: str, grid: IntGrid | FloatGrid, quantize_inputs: bool) -> None:
         self.name, self.grid, self.quantize_inputs = name, grid, quantize_inputs
+        self.weight_bits = grid.bits
 
     def quantize(self, model, calibration):
         return self.build(model, input_amax(model, calibration) if self.quantize_inputs else None)

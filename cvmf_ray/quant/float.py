@@ -29,6 +29,8 @@ class Fp32(QuantMode):
 
 
 class Cast(QuantMode):
+    weight_bits = 16
+
     def __init__(self, name: str, dtype: torch.dtype) -> None:
         self.name, self.dtype = name, dtype
 

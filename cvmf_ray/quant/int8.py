@@ -86,6 +86,7 @@ def convert(prepared: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> Int
 
 class Int8(QuantMode):
     name = "int8"
+    weight_bits = 8
 
     def quantize(self, model, calibration):
         return convert(prepare(model, calibration), tuple(calibration.shape[1:]))
