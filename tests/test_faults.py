@@ -7,7 +7,6 @@ import errno
 import io
 import json
 import subprocess
-import time
 
 import pyarrow.parquet as pq
 import pytest
