@@ -2,8 +2,10 @@
 
 `DagSearcher` (a Tune `Searcher`) turns cells into trials the moment their parent is done: `suggest` hands out
 the highest-ranked ready cells (critical path first, see scheduler.py) and returns None while nothing is ready.
-A training cell is a trial of its own (`--gpus-per-trial` of a GPU); cheap cells are batched so Tune's
-per-trial cost stays amortised, and each runs on a `CHEAP_GPU_SHARE` of a GPU when there are GPUs. Trials
+A cell that fits a model (train, unlearn) is a trial of its own; cheap cells (quantize, evaluate, compare) are
+batched so Tune's per-trial cost stays amortised. Every trial asks for the same resources, one CPU and
+`--gpus-per-trial` of a GPU: with `reuse_actors`, Tune keeps finished trials' processes for the next trial of
+the same shape, and idle processes of one shape would hold the CPUs and GPUs a trial of another shape needs. Trials
 report every finished cell (trial.py), which releases its readers at once: no stage waits for another.
 
 Storage is the run's state: finished and failed cells come from one listing of `artifacts/` and `failures/`
@@ -32,12 +34,11 @@ from cvmf_ray.config import GridConfig
 from cvmf_ray.errors import UsageError
 from cvmf_ray.grid import Grid
 from cvmf_ray.progress import Progress
-from cvmf_ray.scheduler import RUNNING, Scheduler
+from cvmf_ray.scheduler import RUNNING, Scheduler, is_solo
 from cvmf_ray.store import RunStore
 from cvmf_ray.trial import CACHE_NAME, RESULT_KEY, ArtifactCache, RunSettings, cell_trial
 
 JOIN_TIMEOUT_S = 25  # joining --address gives up after this (a Ray driver otherwise retries for minutes)
-CHEAP_GPU_SHARE = 0.25  # of a GPU for a batch of cheap cells: four batches share one GPU
 TARGET_BATCH_S = 20.0  # a cheap batch holds about this much estimated work
 PROCESS_MEMORY = 1 << 30  # what one trial process (torch, a dataset, a model) needs at least: caps concurrency
 CACHE_SHARE = 0.5  # of a node's object store that its artifact cache may hold
@@ -63,12 +64,8 @@ class StopSignal:
 @dataclass
 class Plan:
     cpus_per_trial: float
-    train_gpus: float  # per training trial
-    cheap_gpus: float  # per batch of cheap cells
-    slots: int  # cheap trials that fit at once
-
-    def resources(self, config: dict) -> dict:
-        return {"cpu": self.cpus_per_trial, "gpu": self.train_gpus if config["kind"] == "train" else self.cheap_gpus}
+    gpus_per_trial: float
+    slots: int  # trials that fit at once
 
 
 # ---------------------------------------------------------------- joining Ray
@@ -143,24 +140,23 @@ def _probe_cluster(address: str) -> None:
 def plan_resources(config: GridConfig) -> Plan:
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    train_gpus = config.gpus_per_trial if config.gpus_per_trial is not None else (1.0 if gpus else 0.0)
-    if train_gpus > 0:
+    gpus_per_trial = config.gpus_per_trial if config.gpus_per_trial is not None else (1.0 if gpus else 0.0)
+    if gpus_per_trial > 0:
         largest = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)
-        if train_gpus > largest:
+        if gpus_per_trial > largest:
             raise UsageError(
-                f"--gpus-per-trial {train_gpus:g} cannot be satisfied: the largest node has {largest:g} GPU(s) "
+                f"--gpus-per-trial {gpus_per_trial:g} cannot be satisfied: the largest node has {largest:g} GPU(s) "
                 f"(cluster total {gpus:g}); Ray would leave such trials pending forever"
             )
     cpus_per_trial = 1.0 if cpus >= 1 else cpus
-    cheap_gpus = min(train_gpus, CHEAP_GPU_SHARE) if train_gpus else 0.0
     slots = int(cpus // cpus_per_trial) if cpus_per_trial else 1
-    if cheap_gpus:
-        slots = min(slots, int(gpus / cheap_gpus))
+    if gpus_per_trial:
+        slots = min(slots, int(gpus / gpus_per_trial + 1e-9))
     if not config.address:  # a local run never starts more processes than this machine can hold
         import psutil
 
         slots = min(slots, max(1, psutil.virtual_memory().total // PROCESS_MEMORY))
-    return Plan(cpus_per_trial, train_gpus, cheap_gpus, max(slots, 1))
+    return Plan(cpus_per_trial, gpus_per_trial, max(slots, 1))
 
 
 def start_caches() -> dict:
@@ -215,12 +211,12 @@ class DagSearcher(Searcher):
                     sources[self.scheduler.node_of[key]].append(key)
                 elif self.scheduler.state[key] != "done":
                     missing.append(key)
-        kind = "train" if batch[0].stage == "train" else "cells"
+        kind = "solo" if is_solo(batch[0]) else "batch"
         return {"kind": kind, "cells": self.live[trial_id], "sources": dict(sources), "missing": missing}
 
     def _batch_size(self) -> int:
         """Spread the ready cheap cells over every slot, each batch about TARGET_BATCH_S of estimated work."""
-        ready = self.scheduler.ready_count(training=False)
+        ready = self.scheduler.ready_count(solo=False)
         total, count = self.cheap_seconds
         cap = max(1, int(TARGET_BATCH_S / (total / count))) if count else 8
         return max(1, min(math.ceil(ready / self.plan.slots), cap))
@@ -242,7 +238,7 @@ class DagSearcher(Searcher):
                 self.rows[key] = event["row"]
             if "compare" in event:
                 self.comparisons[key] = event["compare"]
-            if cell.stage != "train":
+            if not is_solo(cell):
                 total, count = self.cheap_seconds
                 self.cheap_seconds = (total + event.get("seconds", 0.0), count + 1)
             self.progress.cell_finished(cell, event.get("seconds", 0.0))
@@ -304,7 +300,8 @@ def fit(config: GridConfig, grid: Grid, store: RunStore, searcher: DagSearcher, 
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(plan.slots)  # the searcher decides; Tune may queue this many
     settings = RunSettings(store.uri, config.data_root, config.recipe.checkpoint_every, config.recipe.compile,
                            [ray.put(grid.cells)])  # fmt: skip
-    trainable = tune.with_resources(tune.with_parameters(cell_trial, run=settings), resources=plan.resources)
+    resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(cell_trial, run=settings), resources)
     control = RunControl(searcher)
     tuner = tune.Tuner(
         trainable,

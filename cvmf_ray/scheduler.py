@@ -4,8 +4,9 @@ Every unfinished cell is WAITING until its parent is done and each of its inputs
 blocked), then READY; handed to a trial it is RUNNING, and it ends DONE, FAILED (it raised) or BLOCKED (its
 parent failed or was blocked). Ready cells are handed out by critical path: a cell's rank is its own estimated
 cost plus the largest rank among the cells that read it, so an `original` (which every unlearn cell waits on)
-goes before a retrain, and an unlearn cell before an evaluation. A parent found corrupt where it was read goes
-back to READY and its reader to WAITING, at most `MAX_RECOMPUTES` times.
+goes before a retrain, and an unlearn cell before an evaluation. Cells that fit a model (train, unlearn) run
+one per trial; the cheap ones (quantize, evaluate, compare) are handed out in batches. A parent found corrupt
+where it was read goes back to READY and its reader to WAITING, at most `MAX_RECOMPUTES` times.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ SETTLED = (DONE, FAILED, BLOCKED)
 MAX_RECOMPUTES = 2
 # relative cost of a cell in epochs of its model's training, only used to order ready cells
 STAGE_COST = {"unlearn": 2.0, "quantize": 0.2, "evaluate": 0.5, "compare": 0.1}
+SOLO_STAGES = ("train", "unlearn")  # they fit a model: a trial (and a GPU share) each
+
+
+def is_solo(cell: Cell) -> bool:
+    return cell.stage in SOLO_STAGES
 
 
 def cell_cost(cell: Cell) -> float:
@@ -42,7 +48,7 @@ class Scheduler:
             for key in cell.reads:
                 self.readers[key].append(cell.key)
         self.rank = self._ranks()
-        self._ready: dict[bool, list] = {True: [], False: []}  # is-training -> heap of (-rank, seq, key)
+        self._ready: dict[bool, list] = {True: [], False: []}  # solo? -> heap of (-rank, seq, key)
         self._seq = itertools.count()
         self.recomputes: Counter = Counter()
         for key in self.grid.cells:
@@ -71,7 +77,7 @@ class Scheduler:
                 self._update(reader)
         elif parent == DONE and all(self.state[k] in SETTLED for k in cell.inputs.values()):
             self.state[key] = READY
-            heapq.heappush(self._ready[cell.stage == "train"], (-self.rank[key], next(self._seq), key))
+            heapq.heappush(self._ready[is_solo(cell)], (-self.rank[key], next(self._seq), key))
 
     def _upstream_error(self, key: str) -> str:
         cell = self.grid.cells[key]
@@ -120,15 +126,15 @@ class Scheduler:
 
     # ---- handing out work
     def next_batch(self, max_cells: int) -> list[Cell]:
-        """The highest-ranked ready cell; if it is not training, up to `max_cells` ready cheap cells with it."""
-        tops = {training: self._peek(heap) for training, heap in self._ready.items()}
-        candidates = [(entry[0], training) for training, entry in tops.items() if entry is not None]
+        """The highest-ranked ready cell; if it is a cheap one, up to `max_cells` ready cheap cells with it."""
+        tops = {solo: self._peek(heap) for solo, heap in self._ready.items()}
+        candidates = [(entry[0], solo) for solo, entry in tops.items() if entry is not None]
         if not candidates:
             return []
-        _, training = min(candidates)
+        _, solo = min(candidates)
         batch = []
-        while len(batch) < (1 if training else max_cells) and self._peek(self._ready[training]) is not None:
-            key = heapq.heappop(self._ready[training])[2]
+        while len(batch) < (1 if solo else max_cells) and self._peek(self._ready[solo]) is not None:
+            key = heapq.heappop(self._ready[solo])[2]
             self.state[key] = RUNNING
             batch.append(self.grid.cells[key])
         return batch
@@ -139,8 +145,8 @@ class Scheduler:
         return heap[0] if heap else None
 
     # ---- questions
-    def ready_count(self, training: bool | None = None) -> int:
-        heaps = self._ready.values() if training is None else [self._ready[training]]
+    def ready_count(self, solo: bool | None = None) -> int:
+        heaps = self._ready.values() if solo is None else [self._ready[solo]]
         return sum(1 for heap in heaps for entry in heap if self.state[entry[2]] == READY)
 
     @property
