@@ -12,6 +12,7 @@ import pytest
 
 from cvmf_ray.quant import QUANT_MODES
 from cvmf_ray.report import aggregate, format_aggregate, format_rows
+from cvmf_ray.report.figures import by_width
 from cvmf_ray.report.frame import to_frame
 from cvmf_ray.report.stats import estimate, excludes_zero, ranking
 from tests.synthetic import (
@@ -95,6 +96,15 @@ def test_zero_spread_over_many_rows_is_a_real_zero_width_interval(stats):
 def test_failed_and_pending_rows_are_not_aggregated(stats):
     assert "boundary_shrink" not in stats.index.get_level_values("method")
     assert stats["n"].max() == GROUP_ROWS
+
+
+def test_modes_of_one_width_are_averaged_per_run_not_pooled(table):
+    frame = to_frame(table)
+    stats = by_width(frame[frame["status"] == "ok"], ["test_accuracy"]).set_index(["method", "weight_bits"])
+    row = stats.loc[("finetune", 16)]  # bf16 and fp16: 200 runs each, the same runs
+    expected = (base("test_accuracy", "finetune", "bf16") + base("test_accuracy", "finetune", "fp16")) / 2
+    assert row["n"] == GROUP_ROWS and row["mean"] == pytest.approx(expected, abs=1e-12)
+    assert row["ci_high"] - row["mean"] == pytest.approx(T_199 * DELTA / math.sqrt(GROUP_ROWS - 1), rel=1e-9)
 
 
 def test_methods_keep_the_grids_order_and_quant_modes_go_by_bits(table):

@@ -131,6 +131,17 @@ def test_a_run_where_everything_failed_still_reports_why(tmp_path):
     assert tmp_path / "tables" / "failed.tex" in files
 
 
+def test_a_rerun_report_leaves_nothing_of_the_earlier_one(tmp_path):
+    table = synthetic_table()
+    table = table.filter(pc.less(table["seed"], 2))  # the earlier report: 2 seeds, with failed and pending rows
+    write_report(table, tmp_path)
+    assert (tmp_path / "tables" / "failed.csv").exists()
+    ok = table.filter(pc.and_(pc.equal(table["status"], "ok"), pc.equal(table["quant"], "fp32")))
+    files = write_report(ok, tmp_path)  # the failures were rerun; and this time fp32 only
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(files)
+    assert not (tmp_path / "tables" / "failed.csv").exists()
+
+
 @pytest.mark.parametrize("report", ["real_report", "synthetic_report"])
 def test_the_page_loads_in_headless_chromium(report, request, tmp_path):
     value = request.getfixturevalue(report)

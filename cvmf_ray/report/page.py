@@ -15,7 +15,7 @@ import matplotlib
 import pandas as pd
 import pyarrow as pa
 
-from cvmf_ray.report.figures import PLOTS, Skipped, Slice, method_colors
+from cvmf_ray.report.figures import PLOTS, Plot, Skipped, Slice, method_colors
 from cvmf_ray.report.frame import run_info, to_frame
 from cvmf_ray.report.stats import aggregate, estimate, excludes_zero, ranking
 from cvmf_ray.report.tables import (
@@ -30,10 +30,10 @@ from cvmf_ray.report.tables import (
 )
 
 STYLE = """
-body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; } h3 { margin-bottom: .3em; }
-table { border-collapse: collapse; font-size: 13px; margin: .5em 0; }
-th, td { padding: 2px 8px; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; font-size: 12px; margin: .5em 0; }
+th, td { padding: 2px 6px; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
 td { white-space: nowrap; }
 th { background: #f4f4f4; } .failed td:last-child { font-family: monospace; white-space: pre-wrap; }
 .scroll { overflow-x: auto; }
@@ -80,44 +80,56 @@ def write_report(table: pa.Table, out_dir: Path, title: str | None = None) -> li
         f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n",
         encoding="utf-8",
     )
-    return [page, *figure_paths, *table_paths, out_dir / "tables" / "aggregate.csv"]
+    written = [page, *figure_paths, *table_paths, out_dir / "tables" / "aggregate.csv"]
+    _remove_stale(out_dir, written)
+    return written
+
+
+def _remove_stale(out_dir: Path, written: list[Path]) -> None:
+    """Delete what an earlier report left in figures/ and tables/ that this one did not write (a failed.csv
+    from before the failures were rerun, a figure whose inputs are gone): the folder is this report only."""
+    for stale in [*out_dir.glob("figures/*"), *out_dir.glob("tables/*")]:
+        if stale.suffix in (".png", ".pdf", ".csv", ".md", ".tex") and stale not in written:
+            stale.unlink()
 
 
 def _figures(frame: pd.DataFrame, stats: pd.DataFrame, folder: Path) -> tuple[str, list[Path]]:
-    """Every plot for every (model, dataset) with ok rows: saved as PNG + PDF, embedded as a data URI."""
+    """Every plot for every (model, dataset) with ok rows, as HTML with the figure files it wrote."""
     ok = frame[frame["status"] == "ok"]
     if ok.empty:
         return '<p class="note">No evaluated model finished: nothing to draw.</p>', []
     folder.mkdir(parents=True, exist_ok=True)
-    methods = list(frame["method"].cat.categories)
-    quants = list(frame["quant"].cat.categories)
+    methods, quants = list(frame["method"].cat.categories), list(frame["quant"].cat.categories)
     colors = method_colors(methods)
     parts, paths = [], []
     for (model, dataset), rows in ok.groupby(["model", "dataset"], sort=True):
         data = Slice(rows, stats[(stats["model"] == model) & (stats["dataset"] == dataset)], methods, quants, colors)
         parts.append(f"<h3>{html.escape(model)} on {html.escape(dataset)}</h3>")
         for plot in PLOTS:
-            with matplotlib.rc_context(PAPER_STYLE):
-                try:
-                    fig = plot.draw(data)
-                except Skipped as why:
-                    parts.append(
-                        f'<p class="note"><b>{html.escape(plot.title)}</b>: not drawn, {html.escape(str(why))}.</p>'
-                    )
-                    continue
-                stem = f"{plot.name}-{model}-{dataset}"
-                png, pdf = folder / f"{stem}.png", folder / f"{stem}.pdf"
-                fig.savefig(png, dpi=PNG_DPI)
-                fig.savefig(pdf, metadata={"CreationDate": None})
-                width = round(fig.get_figwidth() * CSS_DPI)  # shown at its printed size, sharp on dense screens
-            paths += [png, pdf]
-            uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-            parts.append(
-                f'<figure><img src="{uri}" width="{width}" alt="{html.escape(plot.title)}">'
-                f"<figcaption><b>{html.escape(plot.title)}</b> — {html.escape(plot.caption)} "
-                f"(figures/{html.escape(stem)}.pdf)</figcaption></figure>"
-            )
+            part, written = _figure(plot, data, folder / f"{plot.name}-{model}-{dataset}")
+            parts.append(part)
+            paths += written
     return "\n".join(parts), paths
+
+
+def _figure(plot: Plot, data: Slice, stem: Path) -> tuple[str, list[Path]]:
+    """Draw one plot to `stem`.png + .pdf and embed the PNG as a data URI; or the note saying why not."""
+    with matplotlib.rc_context(PAPER_STYLE):
+        try:
+            fig = plot.draw(data)
+        except Skipped as why:
+            return f'<p class="note"><b>{html.escape(plot.title)}</b>: not drawn, {html.escape(str(why))}.</p>', []
+        png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+        fig.savefig(png, dpi=PNG_DPI)
+        fig.savefig(pdf, metadata={"CreationDate": None})  # no timestamp: the same run gives the same file
+    width = round(fig.get_figwidth() * CSS_DPI)  # shown at its printed size, sharp on dense screens
+    uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    part = (
+        f'<figure><img src="{uri}" width="{width}" alt="{html.escape(plot.title)}">'
+        f"<figcaption><b>{html.escape(plot.title)}</b> — {html.escape(plot.caption)} "
+        f"(figures/{html.escape(pdf.name)})</figcaption></figure>"
+    )
+    return part, [png, pdf]
 
 
 def _glance(frame: pd.DataFrame, stats: pd.DataFrame) -> str:
