@@ -203,26 +203,31 @@ def _plain(value) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
 
 
+HEADS = {
+    "summary": f"Summary per model, dataset, method and quant mode ({ESTIMATE_NOTE})",
+    "ranking": "Methods ranked by gap to retrain, per quant mode (retrain itself, gap 0, left out)",
+    "recovery_forget_acc": "Recovery of forget-train accuracy (quantized − fp32 parent; + = forgetting undone)",
+    "recovery_mia_eff": "Recovery of MIA efficacy (fp32 parent − quantized; + = forgetting undone)",
+}
+
+
 def _tables_html(tables: dict[str, pd.DataFrame]) -> str:
-    heads = {
-        "summary": f"Summary per model, dataset, method and quant mode ({ESTIMATE_NOTE})",
-        "ranking": "Methods ranked by gap to retrain, per quant mode (retrain itself, gap 0, left out)",
-        "recovery_forget_acc": "Recovery of forget-train accuracy (quantized − fp32 parent; + = forgetting undone)",
-        "recovery_mia_eff": "Recovery of MIA efficacy (fp32 parent − quantized; + = forgetting undone)",
-        "failed": "Failed and pending cells, with their reasons",
-    }
+    """The tables section, then the failed and pending cells with their reasons in a section of their own."""
     parts = ["<h2>Tables</h2>"]
-    for name, table in tables.items():
-        if not len(table):
-            if name == "failed":
-                parts.append('<p class="note">No failed or pending cells.</p>')
-            continue
-        view, same = drop_constant(table, ["model", "dataset"])
-        files = f"tables/{name}.csv, .md, .tex" + (f"; {same}" if same else "")
-        if len(view) > MAX_PAGE_ROWS:
-            files += f"; the first {MAX_PAGE_ROWS} of {len(view)} rows (all of them in the files)"
-            view = view.head(MAX_PAGE_ROWS)
-        body = view.to_html(index=False, border=0, na_rep="-", escape=True, classes=name)
-        parts.append(f'<h3>{html.escape(heads[name])}</h3><p class="note">{html.escape(files)}</p>')
-        parts.append(f'<div class="scroll">{body}</div>')
+    parts += [_table_html(tables[name], name, f"<h3>{html.escape(head)}</h3>") for name, head in HEADS.items()]
+    parts.append("<h2>Failed and pending cells</h2>")
+    failed = tables["failed"]
+    parts.append(_table_html(failed, "failed", "") if len(failed) else '<p class="note">None: every cell ran.</p>')
     return "\n".join(parts)
+
+
+def _table_html(table: pd.DataFrame, name: str, head: str) -> str:
+    if not len(table):
+        return head + '<p class="note">Nothing to show in this run.</p>'
+    view, same = drop_constant(table, ["model", "dataset"])
+    files = f"tables/{name}.csv, .md, .tex" + (f"; {same}" if same else "")
+    if len(view) > MAX_PAGE_ROWS:
+        files += f"; the first {MAX_PAGE_ROWS} of {len(view)} rows (all of them in the files)"
+        view = view.head(MAX_PAGE_ROWS)
+    body = view.to_html(index=False, border=0, na_rep="-", escape=True, classes=name)
+    return f'{head}<p class="note">{html.escape(files)}</p><div class="scroll">{body}</div>'
