@@ -1,7 +1,9 @@
-"""Execute one grid cell: load its parent, call the stage function, save the artifact. No Ray in here.
+"""Run one grid cell: load what it reads, call its stage, return its artifact. No Ray and no storage in here.
 
-The Ray layer (runner.py) decides where a cell runs and how its parent's weights arrive (a driver-owned
-object ref or the artifact on storage); this module only needs a `load_parent(key)` callable.
+The Ray layer (trial.py) decides where a cell runs, how the artifacts it reads arrive (from this node's object
+store or from storage) and where its artifact goes; this module only needs a `load(key)` callable. Every
+artifact's meta carries its ancestors' metrics (`lineage`), so an evaluate cell writes its whole results row
+without reading anything else.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from cvmf_ray.config import TrainRecipe
@@ -21,11 +25,12 @@ from cvmf_ray.forget import ForgetSpec, forget_mask, split_data
 from cvmf_ray.grid import Cell
 from cvmf_ray.models import create_model
 from cvmf_ray.quant import QUANT_MODES, tensor_bytes
-from cvmf_ray.stages import evaluate, quantize, train, unlearn
+from cvmf_ray.stages import compare, evaluate, quantize, train, unlearn
+from cvmf_ray.stages.evaluate import predict
 from cvmf_ray.stages.quantize import calibration_images
-from cvmf_ray.store import RunStore
+from cvmf_ray.store import OUTPUTS, WEIGHTS, CorruptArtifact
 
-ParentLoader = Callable[[str], tuple[dict, dict[str, torch.Tensor]]]
+Loader = Callable[[str], tuple[dict, dict[str, torch.Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,18 @@ class CellSettings:
     placement: dict | None = None  # where the cell ran (node, pid, GPU ids): recorded in its meta
 
 
+@dataclass
+class Artifact:
+    """What a cell leaves: its meta and, for most stages, one safetensors file."""
+
+    meta: dict
+    tensor_file: str | None = None
+    blob: bytes = b""
+
+
 @functools.lru_cache(maxsize=2)
 def load_dataset(name: str, root: str) -> ImageData:
-    """Cached per worker process: a batch of cells on one dataset reads it once."""
+    """Cached per process: a warm trial process evaluating many cells of one dataset reads it once."""
     return DATASETS.get(name).load_data(root)
 
 
@@ -56,62 +70,121 @@ def restore_model(meta: dict, tensors: dict[str, torch.Tensor]) -> nn.Module:
     return QUANT_MODES.get(meta["quant"]).restore(model, tensors).eval()
 
 
+def decode(key: str, blob: bytes) -> dict[str, torch.Tensor]:
+    """safetensors bytes -> tensors; anything else (a planted pickle, say) is a damaged artifact."""
+    if not blob:
+        return {}
+    try:
+        return load_safetensors(blob)
+    except Exception as err:  # safetensors raises its own error types for malformed headers
+        raise CorruptArtifact(key, f"artifact {key} is not a valid safetensors file ({err})") from None
+
+
+def encode(tensors: dict[str, torch.Tensor]) -> bytes:
+    return save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def lineage_of(meta: dict) -> dict:
+    """A reader's lineage: its parent's, plus the parent's own metrics (and hyperparameters, for unlearning)."""
+    entry = {"key": meta["key"], "metrics": meta["metrics"]}
+    if meta["stage"] == "unlearn":
+        entry["hparams"] = meta["params"]["hparams"]
+    return {**meta.get("lineage", {}), meta["stage"]: entry}
+
+
+@dataclass
+class Job:
+    """Everything a stage runner gets: the cell, its data, its parent's artifact, a loader for its inputs."""
+
+    cell: Cell
+    data: ImageData
+    parent_meta: dict
+    parent_tensors: dict[str, torch.Tensor]
+    load: Loader
+    settings: CellSettings
+    resume: dict | None = None
+    on_epoch: Callable[[int, dict], None] | None = None
+
+    @property
+    def params(self) -> dict:
+        return self.cell.params
+
+
+@dataclass
+class StageOutput:
+    metrics: dict
+    quant: str = "fp32"  # the mode the artifact's tensors are in
+    tensors: dict[str, torch.Tensor] | None = None
+    tensor_file: str | None = None
+
+
 def execute_cell(
     cell: Cell,
-    store: RunStore,
-    load_parent: ParentLoader,
+    load: Loader,
     settings: CellSettings,
     *,
     resume: dict | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
-) -> dict:
-    """Run `cell`, save its artifact, return its metrics."""
-    p = cell.params
-    torch.manual_seed(p["seed"])
-    data = load_dataset(p["dataset"], settings.data_root)
-    forget = ForgetSpec(**p["forget"]) if "forget" in p else None
-    device = settings.device
-    parent_meta, parent_tensors = load_parent(cell.parent) if cell.parent is not None else ({}, {})
-    parent_source = parent_meta.get("read_from")
-    quant = "fp32"
-    if cell.stage == "train":
-        exclude = forget_mask(ForgetSpec(**p["exclude"]), data.train_y, p["seed"]) if p["exclude"] else None
-        recipe = TrainRecipe(**p["recipe"], checkpoint_every=settings.checkpoint_every, compile=settings.compile)
-        model = build_model(p)
-        started_at = time.time()
-        model, metrics = train(model, data, recipe, p["seed"], exclude, device=device, resume=resume, on_epoch=on_epoch)
-        metrics["resumed_from_epoch"] = int(resume["epoch"]) if resume else 0
-        tensors = model.state_dict()
-    elif cell.stage == "unlearn":
-        model = restore_model(parent_meta, parent_tensors)
-        started_at = time.time()
-        model, metrics = unlearn(
-            model,
-            data,
-            forget,
-            p["method"],
-            p["hparams"],
-            seed=p["seed"],
-            augment=Augment(**p["augment"]),
-            device=device,
-        )
-        tensors = model.state_dict()
-    elif cell.stage == "quantize":
-        model = restore_model(parent_meta, parent_tensors)
-        calibration = calibration_images(data, forget, p["seed"], p["calibration_size"])
-        started_at = time.time()
-        qmodel, metrics = quantize(model, p["quant"], calibration)
-        quant, tensors = p["quant"], QUANT_MODES.get(p["quant"]).state_dict(qmodel)
-    else:
-        model = restore_model(parent_meta, parent_tensors).to(device)
-        started_at = time.time()
-        metrics = evaluate(model, split_data(data, forget, p["seed"]), data.mean, data.std, device=device)
-        quant, tensors = parent_meta["quant"], None
+) -> Artifact:
+    """Run `cell` and return its artifact (the caller saves it)."""
+    torch.manual_seed(cell.params.get("seed", 0))
+    data = load_dataset(cell.params["dataset"], settings.data_root)
+    parent_meta, parent_tensors = load(cell.parent) if cell.parent is not None else ({}, {})
+    job = Job(cell, data, parent_meta, parent_tensors, load, settings, resume, on_epoch)
+    started_at = time.time()
+    out = STAGE_RUNNERS[cell.stage](job)
     finished_at = time.time()  # the stage function's own span, for scripts/bench_grid.py
-    if tensors is not None and "model_bytes" not in metrics:
-        metrics["model_bytes"] = tensor_bytes(tensors)
-    meta = {"stage": cell.stage, "parent": cell.parent, "params": p, "quant": quant, "metrics": metrics}
-    meta["interval"] = [started_at, finished_at]
-    meta["placement"] = {**(settings.placement or {}), "device": str(device), "parent_read_from": parent_source}
-    store.save_artifact(cell.key, meta, tensors)
-    return metrics
+    if out.tensor_file == WEIGHTS and "model_bytes" not in out.metrics:
+        out.metrics["model_bytes"] = tensor_bytes(out.tensors)
+    meta = {"stage": cell.stage, "parent": cell.parent, "params": cell.params, "quant": out.quant,
+            "metrics": out.metrics, "interval": [started_at, finished_at],
+            "placement": {**(settings.placement or {}), "device": settings.device,
+                          "parent_read_from": parent_meta.get("read_from")}}  # fmt: skip
+    if parent_meta:
+        meta["lineage"] = lineage_of(parent_meta)
+    return Artifact(meta, out.tensor_file, encode(out.tensors) if out.tensor_file else b"")
+
+
+def _train(job: Job) -> StageOutput:
+    p = job.params
+    exclude = forget_mask(ForgetSpec(**p["exclude"]), job.data.train_y, p["seed"]) if p["exclude"] else None
+    recipe = TrainRecipe(**p["recipe"], checkpoint_every=job.settings.checkpoint_every, compile=job.settings.compile)
+    model, metrics = train(build_model(p), job.data, recipe, p["seed"], exclude, device=job.settings.device,
+                           resume=job.resume, on_epoch=job.on_epoch)  # fmt: skip
+    metrics["resumed_from_epoch"] = int(job.resume["epoch"]) if job.resume else 0
+    return StageOutput(metrics, "fp32", model.state_dict(), WEIGHTS)
+
+
+def _unlearn(job: Job) -> StageOutput:
+    p = job.params
+    model = restore_model(job.parent_meta, job.parent_tensors)
+    model, metrics = unlearn(model, job.data, ForgetSpec(**p["forget"]), p["method"], p["hparams"], seed=p["seed"],
+                             augment=Augment(**p["augment"]), device=job.settings.device)  # fmt: skip
+    return StageOutput(metrics, "fp32", model.state_dict(), WEIGHTS)
+
+
+def _quantize(job: Job) -> StageOutput:
+    p = job.params
+    model = restore_model(job.parent_meta, job.parent_tensors)
+    calibration = calibration_images(job.data, ForgetSpec(**p["forget"]), p["seed"], p["calibration_size"])
+    qmodel, metrics = quantize(model, p["quant"], calibration)
+    return StageOutput(metrics, p["quant"], QUANT_MODES.get(p["quant"]).state_dict(qmodel), WEIGHTS)
+
+
+def _evaluate(job: Job) -> StageOutput:
+    p, data, device = job.params, job.data, job.settings.device
+    model = restore_model(job.parent_meta, job.parent_tensors).to(device)
+    metrics = evaluate(model, split_data(data, ForgetSpec(**p["forget"]), p["seed"]), data.mean, data.std,
+                       device=device)  # fmt: skip
+    logits = {split: predict(model, x, data.mean, data.std, device, 1024)
+              for split, x in (("train", data.train_x), ("test", data.test_x))}  # fmt: skip
+    return StageOutput(metrics, job.parent_meta["quant"], logits, OUTPUTS)
+
+
+def _compare(job: Job) -> StageOutput:
+    return StageOutput(compare(job.cell, job.data, job.load))
+
+
+STAGE_RUNNERS: dict[str, Callable[[Job], StageOutput]] = {
+    "train": _train, "unlearn": _unlearn, "quantize": _quantize, "evaluate": _evaluate, "compare": _compare,
+}  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import sys
 import time
 from enum import Enum
@@ -22,7 +23,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from cvmf_ray.errors import UsageError
+from cvmf_ray.errors import Interrupted, UsageError
 
 app = typer.Typer(
     help="Can vision models forget, and does the forgetting survive quantization? A Ray Tune sweep runner.",
@@ -83,6 +84,7 @@ def grid(
     dry_run: Annotated[bool, _option("Print the expanded grid and run nothing.", OUTPUT)] = False,
     resume: Annotated[bool, _option("Reuse an existing run's finished cells (default on).", OUTPUT)] = True,
     dashboard: Annotated[bool, _option("Start Ray's dashboard on 127.0.0.1.", RESOURCES)] = False,
+    verbose: Annotated[bool, _option("One line per finished cell, and the trials' own output.", OUTPUT)] = False,
 ) -> None:
     """Run the whole pipeline (train, unlearn, quantize, evaluate) for every combination.
 
@@ -119,47 +121,42 @@ def grid(
     if dry_run:
         _print_dry_run(expanded)
         return
-    raise typer.Exit(_run(cfg, expanded, resume))
+    raise typer.Exit(_run(cfg, expanded, resume, verbose))
 
 
-def _run(cfg, expanded, resume: bool) -> int:
-    import ray
-
+def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
+    from cvmf_ray import driver
     from cvmf_ray.datasets import DATASETS
-    from cvmf_ray.results import build_rows, write_results
-    from cvmf_ray.runner import GridRunner, connect
+    from cvmf_ray.lock import RunLock
+    from cvmf_ray.runner import RunStopped, StopSignal, check_local_resources
     from cvmf_ray.store import RunStore, StorageFull
 
+    driver.install_interrupt_handlers()
     store = RunStore(f"{cfg.results_dir.rstrip('/')}/{cfg.name}")
-    store.check_usable()
-    if not resume and store.file_exists("grid.json"):
-        raise UsageError(f"run {store.uri!r} already exists and --no-resume was given; choose another --name")
+    check_local_resources(cfg)
     for dataset in cfg.datasets:
         DATASETS.get(dataset).check_available(cfg.data_root)
+    store.probe_writable()
+    if not resume and store.file_exists("grid.json"):
+        raise UsageError(f"run {store.uri!r} already exists and --no-resume was given; choose another --name")
+    stop = StopSignal()
+    lock = RunLock(store, on_lost=stop.set)
+    note = lock.acquire()
+    if note:
+        echo(note)
     started = time.perf_counter()
-    failures: dict = {}
     try:
-        pending = any(not store.is_done(key) for key in expanded.cells)
-        # connect first: a request the cluster cannot fit is a UsageError before anything is written
-        resources = connect(cfg, echo) if pending else None
-        try:
-            store.remove_stale_temporaries()
-            grid_json = expanded.to_json()
-            store.write_json(grid_json, "grid.json")
-            if resources is None:
-                echo(f"run {store.uri}: all {len(expanded.cells)} cells are finished; nothing to run")
-            else:
-                counts = ", ".join(f"{n} {stage}" for stage, n in grid_json["counts"].items())
-                echo(f"run {store.uri}: {counts} cells")
-                failures = GridRunner(cfg, expanded, store, resources, echo).run()
-        finally:
-            if resources is not None:
-                ray.shutdown()
-        rows = build_rows(expanded, store)
-        write_results(rows, store)
-    except StorageFull as err:
-        echo(f"error: {err}; nothing partial was written: free space and rerun the same command to resume")
+        outcome = driver.run(cfg, expanded, store, echo, verbose, stop)
+    except Interrupted as err:
+        name = signal.Signals(err.signum).name
+        print(f"interrupted by {name}: every finished cell is kept; run the same command to resume", file=sys.stderr)
+        return 128 + err.signum
+    except (StorageFull, RunStopped) as err:
+        echo(f"error: {err}; nothing partial was written: fix that and rerun the same command to resume")
         return 1
+    finally:
+        lock.release()
+    rows = outcome.table.to_pylist()
     failed = [r for r in rows if r["status"] != "ok"]
     echo(
         f"finished in {time.perf_counter() - started:.1f} s: {len(rows) - len(failed)} of {len(rows)} evaluations ok"
@@ -167,7 +164,7 @@ def _run(cfg, expanded, resume: bool) -> int:
     )
     for row in failed[:10]:
         echo(f"  failed: {row['method']}/{row['quant']} ({row['key']}): {row['error']}")
-    return 1 if failed or failures else 0
+    return 1 if failed else 0
 
 
 def _print_dry_run(expanded) -> None:
@@ -180,18 +177,22 @@ def _print_dry_run(expanded) -> None:
 
 @app.command()
 def status(run_dir: Annotated[str, typer.Argument(help="A run directory (RESULTS_DIR/NAME) or URI.")]) -> None:
-    """Cells done / failed / pending per stage, read from storage without running anything."""
+    """Cells done / failed / pending per stage, read from storage without running anything (and without the
+    run's lock: it works while a grid runs)."""
+    from cvmf_ray.driver import read_grid
     from cvmf_ray.grid import STAGES
+    from cvmf_ray.store import RunStore
 
-    store = _existing_run(run_dir)
-    cells = store.read_json("grid.json")["cells"]
-    failures = store.failures()
+    store = RunStore(run_dir)
+    store.probe_readable()
+    grid = read_grid(store)
+    listing = store.listing()
     echo(f"{'stage':10}{'done':>6}{'failed':>8}{'pending':>9}")
     for stage in STAGES:
-        keys = [c["key"] for c in cells if c["stage"] == stage]
-        finished = {k for k in keys if store.is_done(k)}
-        failed = sum(k in failures and k not in finished for k in keys)
-        echo(f"{stage:10}{len(finished):>6}{failed:>8}{len(keys) - len(finished) - failed:>9}")
+        keys = {c.key for c in grid.stage(stage)}
+        done, failed = len(keys & listing.done), len((keys & listing.failed) - listing.done)
+        if keys:
+            echo(f"{stage:10}{done:>6}{failed:>8}{len(keys) - done - failed:>9}")
 
 
 class Format(str, Enum):
@@ -221,17 +222,18 @@ def results(
         Format.table
     ),
 ) -> None:
-    """Print a finished run's results table."""
-    from cvmf_ray.results import read_results
+    """Print a run's results table (rebuilt from the run's files when results.parquet is damaged)."""
+    from cvmf_ray.driver import read_table
+    from cvmf_ray.store import RunStore
 
-    store = _existing_run(run_dir)
-    if not store.file_exists("results.parquet"):
-        raise UsageError(f"{run_dir!r} has no results.parquet yet: run `cvmf-ray grid` for it first")
-    rows = read_results(store).to_pylist()
+    store = RunStore(run_dir)
+    store.probe_readable()
+    table = read_table(store, lambda message: print(message, file=sys.stderr))
+    rows = table.to_pylist()
     if format is Format.json:
         echo(json.dumps(rows, indent=1))
     elif format is Format.csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else [])
+        writer = csv.DictWriter(sys.stdout, fieldnames=table.column_names)
         writer.writeheader()
         writer.writerows(rows)
     else:
@@ -328,15 +330,6 @@ def _yaml_value(config: Path | None, key: str):
     return _read_yaml(config).get(key)
 
 
-def _existing_run(run_dir: str):
-    from cvmf_ray.store import RunStore
-
-    store = RunStore(run_dir)
-    if not store.file_exists("grid.json"):
-        raise UsageError(f"{run_dir!r} is not a cvmf-ray run directory (no grid.json)")
-    return store
-
-
 def run_cli(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: bad input is one line on stderr and 2, never a traceback."""
     argv = sys.argv[1:] if argv is None else argv
@@ -350,6 +343,9 @@ def run_cli(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         code = 130
+    except Interrupted as err:  # a signal before or after the run itself (during it, _run says more)
+        print(f"interrupted by {signal.Signals(err.signum).name}: rerun the same command to resume", file=sys.stderr)
+        code = 128 + err.signum
     except typer.TyperException as err:  # the parser's own errors: wrong type, unknown option, ...
         print(f"error: {err.format_message()}{_given_value(argv, err)}", file=sys.stderr)
         code = 2

@@ -54,6 +54,8 @@ class GridConfig(BaseModel):
     unlearn_epochs: int | None = Field(None, ge=1)  # overrides every method's own default
     method_params: dict[str, dict[str, Any]] = {}  # e.g. {"finetune": {"lr": 0.01}}
     calibration_size: int = Field(512, ge=1)  # retain-train images used to calibrate quantization
+    relearn: bool = False  # measure relearn time of every evaluated model (evaluate cells fine-tune a copy)
+    relearn_params: dict[str, Any] = {}  # overrides of the relearn defaults (cvmf_ray/evidence)
     data_root: str = "~/.cache/cvmf-ray/data"
     # where and on what
     results_dir: str = "results"

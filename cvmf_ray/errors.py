@@ -14,3 +14,16 @@ class CellError(RuntimeError):
 
     Tune does not retry it: the same inputs would fail the same way.
     """
+
+
+class MissingInput(Exception):
+    """An optional input of a cell did not finish (it failed or was blocked): the metrics needing it stay empty."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised in the driver's main thread to leave Ray Tune's loop at once (a BaseException,
+    so no `except Exception` on the way swallows it). Exit code 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -1,78 +1,84 @@
-"""Assemble the results table: one row per evaluate cell, failed ones included with their error.
+"""The results table: one row per evaluate cell, failed and pending ones included.
 
-Rows are built from the artifacts' meta.json along each cell's lineage, then the comparative columns
-are derived: `gap_to_retrain` against the retrain row of the same (model, dataset, seed, forget set,
-quant), `recovery_*` against the fp32 row of the same model, and `speedup_over_retrain`.
+A row has three parts. Its own columns are what its evaluate cell measured plus the costs of the cells it
+descends from; the cell writes them as `evaluations/KEY.json` (`evaluation_row`). Comparison columns set the
+model beside the retrained gold standard over seeds; its group's compare cell computes them. Derived columns
+need other rows and are recomputed whenever the table is assembled: `gap_to_retrain` against the retrain row
+of the same (model, dataset, seed, forget set, quant), `recovery_*` against the fp32 row of the same model,
+`speedup_over_retrain`. The driver assembles `results.parquet` from the previous table and what the cells of
+this invocation reported, never from per-cell reads, except to recover rows no table holds any more.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
+import os
+import platform
+from collections.abc import Iterable
+from datetime import datetime
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cvmf_ray.forget import SPLITS, ForgetSpec
-from cvmf_ray.grid import Grid
-from cvmf_ray.stages.evaluate import METRICS
-from cvmf_ray.store import CorruptArtifact, RunStore
+from cvmf_ray.grid import Cell, Grid
+from cvmf_ray.quant import QUANT_MODES
 
+METRICS = ("accuracy", "precision", "recall", "f1", "loss")
 PRIVACY = ("mia_efficacy", "mia_forget_auc", "mia_seed_lr_accuracy", "mia_retain_auc")
 GAP_METRICS = ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy", "mia_efficacy")
 COSTS = ("train_seconds", "unlearn_seconds", "quantize_seconds", "eval_seconds")
+MECHANISM = ("quant_update_ratio", "quant_snapped_back", "quant_update_to_step")
+COMPARISONS = ("js_to_retrain_forget_train", "js_to_retrain_test", "kl_to_retrain_forget_train",
+               "kl_to_retrain_test", "privacy_score", "forgetting_quality", "forgetting_quality_models")  # fmt: skip
+RUN_METADATA = b"cvmf_ray.run"
 
-SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("parent_key", pa.string()),
-        ("model", pa.string()),
-        ("dataset", pa.string()),
-        ("seed", pa.int64()),
-        ("forget_class", pa.int64()),
-        ("forget_fraction", pa.float64()),
-        ("method", pa.string()),
-        ("quant", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        *[(f"{s}_{m}", pa.float64()) for s in SPLITS for m in METRICS],
-        *[(name, pa.float64()) for name in PRIVACY],
-        ("gap_to_retrain", pa.float64()),
-        ("recovery_forget_train_accuracy", pa.float64()),
-        ("recovery_mia_efficacy", pa.float64()),
-        *[(name, pa.float64()) for name in COSTS],
-        ("model_bytes", pa.int64()),
-        ("speedup_over_retrain", pa.float64()),
-        ("method_params", pa.string()),  # JSON of the resolved hyperparameters
-    ]
-)
-TIMING_COLUMNS = (*COSTS, "speedup_over_retrain")  # the only columns that differ between identical reruns
+IDENTITY = [
+    ("key", pa.string()),
+    ("parent_key", pa.string()),
+    ("model", pa.string()),
+    ("dataset", pa.string()),
+    ("seed", pa.int64()),
+    ("forget_class", pa.int64()),
+    ("forget_fraction", pa.float64()),
+    ("method", pa.string()),
+    ("quant", pa.string()),
+    ("status", pa.string()),  # ok | failed | pending (never ran: the run was interrupted)
+    ("error", pa.string()),
+]
+OWN = [
+    *[(f"{s}_{m}", pa.float64()) for s in SPLITS for m in METRICS],
+    *[(name, pa.float64()) for name in PRIVACY],
+    ("test_class_accuracy", pa.list_(pa.float64())),
+    ("train_class_accuracy", pa.list_(pa.float64())),
+    *[(name, pa.float64()) for name in MECHANISM],
+    ("quant_update_per_layer", pa.string()),  # JSON {layer: update rms / the mode's step there}
+    ("relearn_steps", pa.int64()),
+    ("relearn_seconds", pa.float64()),
+    *[(name, pa.float64()) for name in COSTS],
+    ("model_bytes", pa.int64()),
+    ("method_params", pa.string()),  # JSON of the resolved hyperparameters
+]
+DERIVED = [
+    ("gap_to_retrain", pa.float64()),
+    ("recovery_forget_train_accuracy", pa.float64()),
+    ("recovery_mia_efficacy", pa.float64()),
+    ("speedup_over_retrain", pa.float64()),
+]
+COMPARED = [
+    *[(name, pa.int64() if name.endswith("_models") else pa.float64()) for name in COMPARISONS],
+    ("compare_key", pa.string()),  # the compare cell the comparison columns come from
+]
+SCHEMA = pa.schema([*IDENTITY, *OWN, *DERIVED, *COMPARED])
+OWN_COLUMNS = [name for name, _ in (*IDENTITY, *OWN)]
+TIMING_COLUMNS = (*COSTS, "speedup_over_retrain", "relearn_seconds")  # the columns that differ between reruns
 
 
-def build_rows(grid: Grid, store: RunStore) -> list[dict]:
-    failures = store.failures()
-    rows = [_row(grid, store, cell.key, failures) for cell in grid.stage("evaluate")]
-    _derive(rows)
-    order = {m: i for i, m in enumerate(_methods_in(grid))}
-    rows.sort(key=lambda r: (r["model"], r["dataset"], r["seed"], _forget_order(r), order[r["method"]], r["quant"]))
-    return [{name: _clean(row.get(name)) for name in SCHEMA.names} for row in rows]
-
-
-def _methods_in(grid: Grid) -> list[str]:
-    return list(dict.fromkeys(c.params["method"] for c in grid.stage("evaluate")))
-
-
-def _forget_order(row: dict) -> tuple:
-    return (row["forget_class"] is None, row["forget_class"] or 0, row["forget_fraction"] or 0.0)
-
-
-def _row(grid: Grid, store: RunStore, key: str, failures: dict[str, str]) -> dict:
-    cell = grid.cells[key]
+def identity(cell: Cell) -> dict:
     p = cell.params
     forget = ForgetSpec(**p["forget"])
-    row = {
-        "key": key,
+    return {
+        "key": cell.key,
         "parent_key": cell.parent,
         "model": p["model"],
         "dataset": p["dataset"],
@@ -82,31 +88,63 @@ def _row(grid: Grid, store: RunStore, key: str, failures: dict[str, str]) -> dic
         "method": p["method"],
         "quant": p["quant"],
     }
-    metas = []
-    for ancestor in grid.lineage(key):
-        try:
-            metas.append(store.read_meta(ancestor.key))
-        except CorruptArtifact:
-            error = failures.get(ancestor.key, "did not run")
-            where = "" if ancestor.key == key else f"{ancestor.stage} cell {ancestor.key} failed: "
-            return {**row, "status": "failed", "error": where + error.split(" failed: ")[-1]}
-    row.update(status="ok", error=None)
-    for meta in reversed(metas):  # nearest last, so a quantized model's size overrides its fp32 parent's
-        metrics = meta["metrics"]
-        if meta["stage"] == "train":
-            row["train_seconds"] = metrics.get("train_seconds")
-            if meta["params"]["exclude"] is not None:  # retraining is this method's unlearning cost
-                row["unlearn_seconds"] = metrics.get("train_seconds")
-        elif meta["stage"] == "unlearn":
-            row["unlearn_seconds"] = metrics.get("unlearn_seconds")
-            row["method_params"] = json.dumps(meta["params"]["hparams"], sort_keys=True)
-        elif meta["stage"] == "quantize":
-            row["quantize_seconds"] = metrics.get("quantize_seconds")
-        else:
-            row.update({k: v for k, v in metrics.items() if k != "model_bytes"})
-        if "model_bytes" in metrics:
-            row["model_bytes"] = metrics["model_bytes"]
-    return row
+
+
+def evaluation_row(cell: Cell, meta: dict) -> dict:
+    """The own columns of a finished evaluate cell, from its meta (its metrics and its lineage's)."""
+    row = {**identity(cell), "status": "ok", "error": None}
+    lineage = meta.get("lineage", {})
+    train = lineage.get("train", {}).get("metrics", {})
+    row["train_seconds"] = train.get("train_seconds")
+    if cell.params["method"] == "retrain":  # retraining is this method's unlearning cost
+        row["unlearn_seconds"] = train.get("train_seconds")
+    if "unlearn" in lineage:
+        row["unlearn_seconds"] = lineage["unlearn"]["metrics"].get("unlearn_seconds")
+        row["method_params"] = json.dumps(lineage["unlearn"]["hparams"], sort_keys=True)
+    quantized = lineage.get("quantize", {}).get("metrics", {})
+    row.update({name: quantized.get(name) for name in (*MECHANISM, "quant_update_per_layer", "quantize_seconds")})
+    nearest_model = next(lineage[s]["metrics"] for s in ("quantize", "unlearn", "train") if s in lineage)
+    row["model_bytes"] = nearest_model.get("model_bytes")
+    row.update({k: v for k, v in meta["metrics"].items() if k in OWN_COLUMNS})
+    return {name: _clean(row.get(name)) for name in OWN_COLUMNS}
+
+
+def failed_row(cell: Cell, status: str, error: str | None) -> dict:
+    return {**dict.fromkeys(OWN_COLUMNS), **identity(cell), "status": status, "error": error}
+
+
+def assemble(grid: Grid, rows: dict[str, dict], comparisons: dict[str, dict], run_info: dict) -> pa.Table:
+    """The table of every evaluate cell of `grid`, in a stable order, with comparison and derived columns.
+
+    `rows`: key -> own columns (failed and pending rows included); `comparisons`: compare key -> that cell's
+    output ({"rows": {evaluation key: columns}, "group": columns}).
+    """
+    table = [dict(rows[cell.key]) for cell in grid.stage("evaluate")]
+    by_key = {row["key"]: row for row in table}
+    for cell in grid.stage("compare"):
+        found = comparisons.get(cell.key)
+        if found is None:
+            continue
+        for role, key in cell.inputs.items():
+            if role.startswith("model:") and key in by_key and key in found["rows"]:
+                by_key[key].update({**found["rows"][key], **found.get("group", {}), "compare_key": cell.key})
+    _derive(table)
+    methods = list(dict.fromkeys(c.params["method"] for c in grid.stage("evaluate")))
+    table.sort(key=lambda r: (r["model"], r["dataset"], r["seed"], _forget_order(r), methods.index(r["method"]),
+                              quant_order(r["quant"])))  # fmt: skip
+    cleaned = [{name: _clean(row.get(name)) for name in SCHEMA.names} for row in table]
+    metadata = {RUN_METADATA: json.dumps(run_info, default=str).encode()}
+    return pa.Table.from_pylist(cleaned, schema=SCHEMA.with_metadata(metadata))
+
+
+def quant_order(name: str) -> tuple:
+    """Quant modes by bits per weight, widest first (fp32, 16-bit, 8-bit, 4-bit); plug-ins last."""
+    bits = QUANT_MODES.get(name).weight_bits if name in QUANT_MODES else 0
+    return (-bits, name)
+
+
+def _forget_order(row: dict) -> tuple:
+    return (row["forget_class"] is None, row["forget_class"] or 0, row["forget_fraction"] or 0.0)
 
 
 def _derive(rows: list[dict]) -> None:
@@ -137,17 +175,56 @@ def _num(value) -> bool:
 
 
 def _clean(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
 
 
-def write_results(rows: list[dict], store: RunStore) -> None:
-    """evaluations/KEY.json per row, then results.parquet: both written atomically."""
-    for row in rows:
-        store.write_json(row, "evaluations", f"{row['key']}.json")
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buffer)
-    store.write_bytes(buffer.getvalue(), "results.parquet")
+def rows_from_table(table: pa.Table, keys: Iterable[str]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Own columns of the ok rows among `keys`, and comparison outputs by compare key, from a previous table."""
+    wanted = set(keys)
+    rows, comparisons = {}, {}
+    compared = [name for name, _ in COMPARED if name != "compare_key"]
+    for row in table.to_pylist():
+        if row.get("key") not in wanted or row.get("status") != "ok":
+            continue
+        rows[row["key"]] = {name: row.get(name) for name in OWN_COLUMNS}
+        if row.get("compare_key"):
+            entry = comparisons.setdefault(row["compare_key"], {"rows": {}, "group": {}})
+            entry["rows"][row["key"]] = {name: row.get(name) for name in compared}
+    return rows, comparisons
 
 
-def read_results(store: RunStore) -> pa.Table:
-    return pq.read_table(io.BytesIO(store.read_bytes("results.parquet")))
+def run_info(config, grid: Grid, counts: dict, started: float, finished: float) -> dict:
+    """The run's identity, stored in the table's metadata (`cvmf-ray report` reads it from the table alone)."""
+    import importlib.metadata as md
+
+    import torch
+
+    versions = {}
+    for package in ("cvmf-ray", "torch", "torchvision", "torchao", "ray", "scikit-learn", "pyarrow"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            continue
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "grid": config.model_dump(mode="json", exclude={"address"}) if config is not None else None,
+        "grid_digest": grid.digest,
+        "counts": {stage: dict(c) for stage, c in counts.items()},
+        "versions": versions,
+        "hardware": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "gpus": gpus},
+        "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "finished": datetime.fromtimestamp(finished).isoformat(timespec="seconds"),
+        "wall_seconds": finished - started,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

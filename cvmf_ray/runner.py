@@ -1,355 +1,346 @@
-"""The Ray Tune layer: one `tune.Tuner` per stage wave over that wave's unfinished cells.
+"""The Ray Tune layer: one `tune.Tuner` per invocation over the whole DAG of cells.
 
-Each training cell gets a trial of its own, so its epoch checkpoints resume it mid-way after a retry.
-Cheap cells of one stage are batched (Ray's per-trial overhead is ~1 s on a small machine): on a
-CPU-only run into one trial that holds every slot and spreads them over the warm workers (trial.py),
-with GPUs into as many trials as can run at once. Parents travel as driver-owned object refs
-(`tune.with_parameters`), with the artifact on storage as the durable fallback. Resume is the
-runner's: finished cells are never put in a wave; an interrupted wave is first restored with
-`Tuner.restore(..., resume_errored=True)`.
+`DagSearcher` (a Tune `Searcher`) turns cells into trials the moment their parent is done: `suggest` hands out
+the highest-ranked ready cells (critical path first, see scheduler.py) and returns None while nothing is ready.
+A training cell is a trial of its own (`--gpus-per-trial` of a GPU); cheap cells are batched so Tune's
+per-trial cost stays amortised, and each runs on a `CHEAP_GPU_SHARE` of a GPU when there are GPUs. Trials
+report every finished cell (trial.py), which releases its readers at once: no stage waits for another.
+
+Storage is the run's state: finished and failed cells come from one listing of `artifacts/` and `failures/`
+at start, and from the trials' reports afterwards. Every invocation is a fresh Tuner; a crash loses nothing,
+because cells are idempotent and training resumes from its own epoch checkpoints (trial.py). The driver never
+reads artifact bytes: they travel between trials through node-local object-store caches.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import math
 import os
-import time
+import subprocess
+import sys
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import ray
-import torch
 from ray import tune
-from ray.tune.logger import JsonLoggerCallback
+from ray.tune.search import Searcher
 
 from cvmf_ray.config import GridConfig
 from cvmf_ray.errors import UsageError
-from cvmf_ray.grid import STAGES, Cell, Grid, digest
-from cvmf_ray.store import CorruptArtifact, RunStore, StorageFull
-from cvmf_ray.trial import stage_trial
-from cvmf_ray.workers import CellWorker, WorkerLeases
+from cvmf_ray.grid import Grid
+from cvmf_ray.progress import Progress
+from cvmf_ray.scheduler import RUNNING, Scheduler
+from cvmf_ray.store import RunStore
+from cvmf_ray.trial import CACHE_NAME, RESULT_KEY, ArtifactCache, RunSettings, cell_trial
 
-PARENT_REF_BUDGET_BYTES = 2 << 30  # beyond this, trials read parents from storage instead of the object store
+JOIN_TIMEOUT_S = 25  # joining --address gives up after this (a Ray driver otherwise retries for minutes)
+CHEAP_GPU_SHARE = 0.25  # of a GPU for a batch of cheap cells: four batches share one GPU
+TARGET_BATCH_S = 20.0  # a cheap batch holds about this much estimated work
+PROCESS_MEMORY = 1 << 30  # what one trial process (torch, a dataset, a model) needs at least: caps concurrency
+CACHE_SHARE = 0.5  # of a node's object store that its artifact cache may hold
+EXPERIMENT = "dag"  # Tune's experiment name under RUN_DIR/tune
 
 Log = Callable[[str], None]
 
 
+class RunStopped(Exception):
+    """The run had to stop before every cell ran: storage full, or another driver took the run over."""
+
+
+class StopSignal:
+    """Why the run must stop early, set from wherever it is found (a trial's report, the lock's heartbeat)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+
 @dataclass
-class Resources:
+class Plan:
     cpus_per_trial: float
-    gpus_per_trial: float
-    slots: int  # trials that fit at once
-    total_gpus: float = 0.0
+    train_gpus: float  # per training trial
+    cheap_gpus: float  # per batch of cheap cells
+    slots: int  # cheap trials that fit at once
+
+    def resources(self, config: dict) -> dict:
+        return {"cpu": self.cpus_per_trial, "gpu": self.train_gpus if config["kind"] == "train" else self.cheap_gpus}
 
 
-def spread_gpu_share(share: float, total_gpus: float, trials: int) -> float:
-    """Raise a fractional GPU share so a wave's trials spread over every GPU instead of piling up.
-
-    Ray places fractional requests first-fit: 4 trials at 0.25 on 4 GPUs all land on GPU 0. Asking for
-    1/ceil(trials/GPUs) of a GPU instead (never less than requested, never more than 1) leaves each GPU
-    with at most that many trials; 8 trials at 0.5 on 4 GPUs stay at 0.5, two per GPU.
-    """
-    if not 0 < share < 1 or total_gpus < 1 or trials < 1:
-        return share
-    return max(share, min(1.0, 1 / math.ceil(trials / int(total_gpus))))
+# ---------------------------------------------------------------- joining Ray
 
 
-def connect(config: GridConfig, log: Log) -> Resources:
-    """Start a local Ray (or join `config.address`) and check the per-trial request fits."""
-    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # fresher experiment state after a crash
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no config boxes: Progress prints one line per trial
-    # Tune's default CSV and TensorBoard loggers cost ~1.5 s of driver CPU per run (importing tensorboardX)
-    # and a write per report; _fresh_wave keeps the JSON one, which Tune's ResultGrid reads back
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # num_to_keep=1 forces a state snapshot at every epoch checkpoint: wanted (crash consistency), not a warning
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+def check_local_resources(config: GridConfig) -> None:
+    """--gpus/--cpus beyond this machine are bad input, refused before anything starts."""
     if config.address:
-        _join(config.address)
+        return
+    import torch
+
+    local_gpus, local_cpus = torch.cuda.device_count(), os.cpu_count() or 1
+    if config.gpus is not None and config.gpus > local_gpus:
+        raise UsageError(f"--gpus {config.gpus} asks for more GPUs than this machine has ({local_gpus})")
+    if config.cpus is not None and config.cpus > local_cpus:
+        raise UsageError(f"--cpus {config.cpus} asks for more CPUs than this machine has ({local_cpus})")
+
+
+def connect(config: GridConfig, verbose: bool) -> Plan:
+    """Start a local Ray (or join `config.address`) and plan each trial's resources against what exists."""
+    os.environ.update(
+        RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS="0",
+        RAY_AIR_NEW_OUTPUT="0",  # no config boxes; progress.py prints what a person needs
+        TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",  # no per-trial JSON/CSV/TensorBoard files: the cells report
+        TUNE_DISABLE_SIGINT_HANDLER="1",  # the CLI handles Ctrl-C and SIGTERM itself
+        TUNE_PRINT_ALL_TRIAL_ERRORS="0",
+        TUNE_WARN_INSUFFICENT_RESOURCE_THRESHOLD_S="1000000",  # requests are checked before the run
+    )
+    common = {"logging_level": logging.ERROR, "log_to_driver": verbose, "namespace": f"cvmf-ray-{os.getpid()}"}
+    if config.address:
+        _probe_cluster(config.address)
+        ray.init(address=config.address, **common)
     else:
-        local_gpus = torch.cuda.device_count()
-        if config.gpus is not None and config.gpus > local_gpus:
-            raise UsageError(f"--gpus {config.gpus} asks for more GPUs than this machine has ({local_gpus})")
-        _start_local_ray(config, local_gpus)
+        import torch
+
+        cpus = config.cpus or os.cpu_count()
+        ray.init(address="local", num_cpus=cpus, num_gpus=torch.cuda.device_count() if config.gpus is None else
+                 config.gpus, include_dashboard=config.dashboard, dashboard_host="127.0.0.1", **common)  # fmt: skip
     try:
-        return _plan_resources(config, log)
+        return plan_resources(config)
     except UsageError:
         ray.shutdown()
         raise
 
 
-def _start_local_ray(config: GridConfig, local_gpus: int) -> None:
-    ray.init(
-        address="local",
-        num_cpus=config.cpus or os.cpu_count(),
-        num_gpus=local_gpus if config.gpus is None else config.gpus,
-        include_dashboard=config.dashboard,
-        dashboard_host="127.0.0.1",
-        logging_level=logging.WARNING,
-        configure_logging=True,
-    )
+PROBE = """
+import logging, sys, ray
+try:
+    ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False)
+except Exception as err:
+    print(f"{type(err).__name__}: {err}".strip().splitlines()[0]); sys.exit(1)
+"""
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2 (Ray's C++ core logs a retry warning per second while it cannot join)."""
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
+def _probe_cluster(address: str) -> None:
+    """Join once in a throwaway process with a deadline: a Ray driver pointed at a wrong address retries for
+    minutes (and ignores SIGTERM meanwhile); this fails within JOIN_TIMEOUT_S with what to check."""
+    advice = ("check the address (HOST:PORT of the head's GCS, `ray status` on the head prints it), that the "
+              "cluster runs Ray 2.60, and for a token-authenticated cluster (Ray 2.60's default) that "
+              "RAY_AUTH_MODE=token is set here")  # fmt: skip
     try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        probe = subprocess.run([sys.executable, "-c", PROBE, address], capture_output=True, text=True,
+                               timeout=JOIN_TIMEOUT_S)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"cannot join the Ray cluster at {address!r}: no answer within {JOIN_TIMEOUT_S} s; "
+                         f"{advice}") from None  # fmt: skip
+    if probe.returncode != 0:
+        reason = (probe.stdout.strip() or probe.stderr.strip() or "the Ray driver exited").splitlines()[-1][:300]
+        raise UsageError(f"cannot join the Ray cluster at {address!r} ({reason}); {advice}")
 
 
-def _join(address: str) -> None:
-    try:
-        with _quiet_stderr():
-            ray.init(address=address, logging_level=logging.WARNING)
-    except Exception as err:  # ConnectionError, AuthenticationError, ...: all mean "cannot join"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(
-            f"cannot join the Ray cluster at {address!r} ({reason}); a token-authenticated cluster "
-            "(Ray 2.60's default) needs RAY_AUTH_MODE=token in this environment"
-        ) from None
-
-
-def _plan_resources(config: GridConfig, log: Log) -> Resources:
+def plan_resources(config: GridConfig) -> Plan:
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    gpus_per_trial = config.gpus_per_trial if config.gpus_per_trial is not None else (1.0 if gpus else 0.0)
-    if gpus_per_trial > 0:
+    train_gpus = config.gpus_per_trial if config.gpus_per_trial is not None else (1.0 if gpus else 0.0)
+    if train_gpus > 0:
         largest = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)
-        if gpus_per_trial > largest:
+        if train_gpus > largest:
             raise UsageError(
-                f"--gpus-per-trial {gpus_per_trial:g} cannot be satisfied: the largest node has {largest:g} GPU(s) "
+                f"--gpus-per-trial {train_gpus:g} cannot be satisfied: the largest node has {largest:g} GPU(s) "
                 f"(cluster total {gpus:g}); Ray would leave such trials pending forever"
             )
     cpus_per_trial = 1.0 if cpus >= 1 else cpus
+    cheap_gpus = min(train_gpus, CHEAP_GPU_SHARE) if train_gpus else 0.0
     slots = int(cpus // cpus_per_trial) if cpus_per_trial else 1
-    if gpus_per_trial > 0:
-        slots = min(slots, int(gpus // gpus_per_trial))
-    log(f"Ray: {cpus:g} CPU, {gpus:g} GPU; each trial takes {cpus_per_trial:g} CPU + {gpus_per_trial:g} GPU")
-    return Resources(cpus_per_trial, gpus_per_trial, max(slots, 1), gpus)
+    if cheap_gpus:
+        slots = min(slots, int(gpus / cheap_gpus))
+    if not config.address:  # a local run never starts more processes than this machine can hold
+        import psutil
+
+        slots = min(slots, max(1, psutil.virtual_memory().total // PROCESS_MEMORY))
+    return Plan(cpus_per_trial, train_gpus, cheap_gpus, max(slots, 1))
 
 
-def batch_cells(stage: str, cells: list[Cell], trials: int) -> list[list[Cell]]:
-    """Training: a trial per cell (its checkpoints are per trial). Other stages: at most `trials` trials."""
-    if stage == "train":
-        return [[c] for c in cells]
-    count = min(trials, len(cells))
-    return [cells[i::count] for i in range(count)]
+def start_caches() -> dict:
+    """One artifact cache per alive node, pinned there, holding up to CACHE_SHARE of its object store.
+
+    Returns {node id: handle}: the driver must hold the handles, since Ray ends an actor nobody holds.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {
+        node["NodeID"]: ArtifactCache.options(
+            name=CACHE_NAME.format(node=node["NodeID"]),
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        ).remote(int(node["Resources"].get("object_store_memory", 0) * CACHE_SHARE))
+        for node in ray.nodes()
+        if node["Alive"]
+    }
 
 
-class Progress(tune.Callback):
-    """One line per finished or failed trial instead of Tune's verbose tables."""
-
-    def __init__(self, stage: str, log: Log) -> None:
-        self.stage, self.log, self.started = stage, log, time.perf_counter()
-
-    def _line(self, trial, mark: str) -> None:
-        cells = [Cell(**c) for c in trial.config["batch"]["cells"]]
-        label = cells[0].describe() if len(cells) == 1 else f"{len(cells)} cells"
-        self.log(f"  {mark} {self.stage}: {label} ({time.perf_counter() - self.started:.1f} s)")
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "cells_done" in result:
-            done, cells = result["cells_done"], len(trial.config["batch"]["cells"])
-            self.log(f"  {self.stage}: {done}/{cells} cells ({time.perf_counter() - self.started:.1f} s)")
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial, "done")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "FAILED")
+# ---------------------------------------------------------------- the searcher
 
 
-class GridRunner:
-    """Runs a grid's stages in order, one wave at a time, skipping everything already finished."""
+class DagSearcher(Searcher):
+    """Hands ready cells to Tune as trials and applies the cells' reports to the scheduler."""
 
-    def __init__(self, config: GridConfig, grid: Grid, store: RunStore, resources: Resources, log: Log) -> None:
-        self.config, self.grid, self.store, self.resources, self.log = config, grid, store, resources, log
-        self.started = time.time()
-        self.failed: dict[str, str] = {}
-        # CPU-only runs execute every cell in one warm process per slot ("reuse actors for CPU stages")
-        cpu_only = resources.gpus_per_trial == 0
-        self.workers = [CellWorker.remote() for _ in range(resources.slots)] if cpu_only else None
-        self.leases = WorkerLeases.remote(resources.slots) if cpu_only else None
-        self.warmed = False
+    def __init__(self, scheduler: Scheduler, plan: Plan, store: RunStore, progress: Progress, stop: StopSignal) -> None:
+        super().__init__()
+        self.scheduler, self.plan, self.store, self.progress, self.stop = scheduler, plan, store, progress, stop
+        self.caches = start_caches()  # node id -> the artifact cache there
+        self.live: dict[str, list[str]] = {}  # trial id -> the keys of its batch
+        self.retry_errors: dict[str, str] = {}  # the last error of a cell whose trial Tune may retry
+        self.rows: dict[str, dict] = {}  # evaluate key -> own columns, reported this invocation
+        self.comparisons: dict[str, dict] = {}  # compare key -> its output, reported this invocation
+        self.cheap_seconds = (0.0, 0)  # summed seconds and count of finished cheap cells
 
-    def run(self) -> dict[str, str]:
-        """Returns {key: error} for every cell that failed (or could not run) in this invocation."""
-        self._discard_corrupt_parents()
-        for stage in STAGES:
-            pending = self._runnable(stage)
-            if pending:
-                self._run_stage(stage, pending)
-        return self.failed
+    def __getstate__(self) -> dict:
+        """Tune pickles its configuration into tuner.pkl for `Tuner.restore`, which cvmf-ray never calls
+        (storage is the run's state): nothing of the live searcher needs to survive."""
+        return {}
 
-    def _runnable(self, stage: str) -> list[Cell]:
-        """Unfinished cells of `stage`; those whose parent failed are marked failed instead."""
-        runnable = []
-        for cell in self.grid.stage(stage):
-            if self.store.is_done(cell.key):
+    def suggest(self, trial_id: str):
+        if self.stop.reason is not None:
+            return Searcher.FINISHED if not self.live else None
+        batch = self.scheduler.next_batch(self._batch_size())
+        if not batch:
+            return Searcher.FINISHED if self.scheduler.finished else None
+        self.live[trial_id] = [cell.key for cell in batch]
+        sources, missing = defaultdict(list), []
+        for cell in batch:
+            for key in cell.reads:
+                if key in self.scheduler.node_of:
+                    sources[self.scheduler.node_of[key]].append(key)
+                elif self.scheduler.state[key] != "done":
+                    missing.append(key)
+        kind = "train" if batch[0].stage == "train" else "cells"
+        return {"kind": kind, "cells": self.live[trial_id], "sources": dict(sources), "missing": missing}
+
+    def _batch_size(self) -> int:
+        """Spread the ready cheap cells over every slot, each batch about TARGET_BATCH_S of estimated work."""
+        ready = self.scheduler.ready_count(training=False)
+        total, count = self.cheap_seconds
+        cap = max(1, int(TARGET_BATCH_S / (total / count))) if count else 8
+        return max(1, min(math.ceil(ready / self.plan.slots), cap))
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        release: dict[str, list[str]] = defaultdict(list)
+        for event in json.loads(result.get(RESULT_KEY, "[]")):
+            self._apply(event, release)
+        for node, keys in release.items():
+            if node in self.caches:
+                self.caches[node].release.remote(keys)
+
+    def _apply(self, event: dict, release: dict[str, list[str]]) -> None:
+        status, key = event["status"], event.get("key")
+        cell = self.scheduler.grid.cells.get(key)
+        if status == "done":
+            self.scheduler.mark_done(key, event.get("node"))
+            if "row" in event:
+                self.rows[key] = event["row"]
+            if "compare" in event:
+                self.comparisons[key] = event["compare"]
+            if cell.stage != "train":
+                total, count = self.cheap_seconds
+                self.cheap_seconds = (total + event.get("seconds", 0.0), count + 1)
+            self.progress.cell_finished(cell, event.get("seconds", 0.0))
+            for read in [*cell.reads, key]:
+                if read in self.scheduler.node_of and self.scheduler.releasable(read):
+                    release[self.scheduler.node_of[read]].append(read)
+        elif status == "failed":
+            self.scheduler.mark_failed(key, event["error"])
+            self.progress.cell_failed(cell, event["error"])
+        elif status == "retry":
+            self.retry_errors[key] = event["error"]
+        elif status == "corrupt":
+            self.progress.note(f"warning: {event['error']}; recomputing it")
+            self.scheduler.mark_corrupt(key, event["parent"], event["error"])
+        elif status == "storage_full":
+            self.stop.set(event["error"])
+        elif status == "warning":
+            self.progress.note(f"warning: {event['error']}")
+        elif status == "resumed":
+            self.progress.note(f"{cell.describe()}: resuming training from its epoch {event['epoch']} checkpoint")
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        for key in self.live.pop(trial_id, []):
+            if self.scheduler.state[key] != RUNNING:
                 continue
-            if cell.parent is not None and not self.store.is_done(cell.parent):
-                reason = self.failed.get(cell.parent, "did not finish")
-                parent = self.grid.cells[cell.parent]
-                self._fail(cell.key, f"{parent.stage} cell {parent.key} failed: {reason.split(' failed: ')[-1]}")
-                continue
-            runnable.append(cell)
-        return runnable
-
-    def _fail(self, key: str, error: str) -> None:
-        self.failed[key] = error
-        self.store.save_failure(key, error)
-
-    def _discard_corrupt_parents(self) -> None:
-        """Verify (SHA-256) every finished artifact that unfinished work will read; recompute bad ones."""
-        checked: set[str] = set()
-        while True:
-            needed = {
-                c.parent
-                for c in self.grid.cells.values()
-                if c.parent is not None and c.parent not in checked and not self.store.is_done(c.key)
-            }
-            needed = {k for k in needed if self.store.is_done(k)}
-            if not needed:
-                return
-            for key in needed:
-                checked.add(key)
-                try:
-                    self.store.load_artifact(key)
-                except CorruptArtifact as err:
-                    self.log(f"warning: {err}; recomputing it")
-                    self.store.discard_artifact(key)
-
-    def _run_stage(self, stage: str, cells: list[Cell]) -> None:
-        self.log(f"[{stage}] {len(cells)} cell(s) to run")
-        if self.workers and stage != "train" and not self.warmed:
-            for worker in self.workers:  # imports for the later stages, while Tune starts this wave
-                worker.warm.remote()
-            self.warmed = True
-        restored = self._restore_interrupted_wave(stage, cells)
-        if restored:
-            cells = [c for c in cells if not self.store.is_done(c.key) and not self._failed_now(c.key)]
-        if cells:
-            self._fresh_wave(stage, cells)
-        recorded = self.store.failures()
-        for cell in self.grid.stage(stage):
-            if not self.store.is_done(cell.key) and self._failed_now(cell.key):
-                self.failed[cell.key] = recorded.get(cell.key, "failed")
-
-    def _failed_now(self, key: str) -> bool:
-        record = self.store.path("failures", f"{key}.json")
-        info = self.store.fs.get_file_info(record)
-        return info.mtime is not None and info.mtime.timestamp() >= self.started - 1
-
-    def _trainable(self, stage: str, cells: list[Cell], trials: int):
-        parents = self._put_parents(cells)
-        fn = tune.with_parameters(stage_trial, parents=parents, workers=self.workers, leases=self.leases)
-        if self.workers and stage != "train":  # one trial holds every slot it spreads cells over
-            slots = min(len(self.workers), len(cells))
-            bundles = [{"CPU": self.resources.cpus_per_trial}] * slots
-            return tune.with_resources(fn, tune.PlacementGroupFactory(bundles, strategy="PACK"))
-        gpus = spread_gpu_share(self.resources.gpus_per_trial, self.resources.total_gpus, trials)
-        return tune.with_resources(fn, {"cpu": self.resources.cpus_per_trial, "gpu": gpus})
-
-    def _put_parents(self, cells: list[Cell]) -> dict:
-        """Driver-owned object refs of the parents' verified safetensors bytes: they outlive every trial
-        of the wave, and no tensor is ever pickled (torch's pickling cannot even rebuild float8 storages)."""
-        refs, budget = {}, PARENT_REF_BUDGET_BYTES
-        for key in sorted({c.parent for c in cells if c.parent is not None}):
-            meta, blob = self.store.read_weights(key)
-            if len(blob) <= budget:
-                refs[key], budget = ray.put((meta, blob)), budget - len(blob)
-        return refs
-
-    def _settings(self) -> dict:
-        return {
-            "run_uri": self.store.uri,
-            "data_root": self.config.data_root,
-            "checkpoint_every": self.config.recipe.checkpoint_every,
-            "compile": self.config.recipe.compile,
-        }
-
-    def _restore_interrupted_wave(self, stage: str, cells: list[Cell]) -> bool:
-        """Restore the stage's last wave if a crash interrupted it; False when there is nothing to restore."""
-        if not self.store.file_exists("waves", f"{stage}.json"):
-            return False
-        record = self.store.read_json("waves", f"{stage}.json")
-        path = f"{self.store.tune_uri}/{record['name']}"
-        if record.get("finished") or not tune.Tuner.can_restore(path):
-            return False
-        trials = record.get("batches", len(cells))
-        try:
-            tuner = tune.Tuner.restore(path, trainable=self._trainable(stage, cells, trials), resume_errored=True)
-        except Exception as err:  # an unreadable experiment state: a fresh wave is always safe
-            self.log(f"[{stage}] cannot restore the interrupted wave {record['name']} ({err}); starting afresh")
-            return False
-        if not _restorable(tuner):
-            self.log(f"[{stage}] the interrupted wave {record['name']} had not started; starting it afresh")
-            return False
-        self.log(f"[{stage}] resuming interrupted wave {record['name']}")
-        self._fit(tuner, stage, record["name"], trials)
-        return True
-
-    def _fresh_wave(self, stage: str, cells: list[Cell]) -> None:
-        batches = batch_cells(stage, cells, 1 if self.workers else self.resources.slots)
-        cpu_only = self.workers is not None  # GPU trials get fresh processes: no leaked CUDA memory between them
-        name = f"{stage}-{digest([[c.key for c in b] for b in batches])}"
-        tuner = tune.Tuner(
-            self._trainable(stage, cells, len(batches)),
-            param_space={
-                **self._settings(),
-                "stage": stage,
-                "batch": tune.grid_search([{"cells": [asdict(c) for c in b]} for b in batches]),
-            },
-            tune_config=tune.TuneConfig(
-                reuse_actors=cpu_only,
-                trial_dirname_creator=lambda trial: f"{stage}_{trial.trial_id}",
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=self.store.tune_uri,
-                failure_config=tune.FailureConfig(max_failures=self.config.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=0,
-                callbacks=[Progress(stage, self.log), JsonLoggerCallback()],
-            ),
-        )
-        self._fit(tuner, stage, name, len(batches))
-
-    def _fit(self, tuner, stage: str, name: str, batches: int) -> None:
-        self.store.write_json({"name": name, "finished": False, "batches": batches}, "waves", f"{stage}.json")
-        results = tuner.fit()
-        for result in results:
-            if result.error is None:
-                continue
-            storage_full = "No space left" in str(result.error) or "StorageFull" in str(result.error)
-            for cell in (Cell(**c) for c in result.config["batch"]["cells"]):
-                if not self.store.is_done(cell.key) and not self._failed_now(cell.key):
-                    self._fail(cell.key, _first_line(result.error))
-            if storage_full:
-                raise StorageFull(28, f"results storage is full ({_first_line(result.error)})")
-        self.store.write_json({"name": name, "finished": True, "batches": batches}, "waves", f"{stage}.json")
+            if error:
+                reason = self.retry_errors.get(key, "its trial failed for good (Ray Tune's log under tune/ has why)")
+                self.store.save_failure(key, reason)
+                self.scheduler.mark_failed(key, reason)
+                self.progress.cell_failed(self.scheduler.grid.cells[key], reason)
+            else:  # the trial was stopped before it got to this cell
+                self.scheduler.requeue(key)
 
 
-def _restorable(tuner: tune.Tuner) -> bool:
-    """A crash while a wave was starting can leave no results, or trials snapshotted without a config."""
-    try:
-        return all(result.config and "batch" in result.config for result in tuner.get_results())
-    except RuntimeError:  # "experiment has not been run, yet"
+class RunControl(tune.Stopper, tune.Callback):
+    """Stops every trial once the searcher has a stop reason, and ticks the progress display."""
+
+    def __init__(self, searcher: DagSearcher) -> None:
+        self.searcher = searcher
+
+    def __getstate__(self) -> dict:
+        return {}  # see DagSearcher.__getstate__
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
+    def stop_all(self) -> bool:
+        return self.searcher.stop.reason is not None
 
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "error" in line:
-            return line.strip()[:500]
-    return (lines[-1] if lines else type(error).__name__)[:500]
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self.searcher.progress.tick()
+
+
+# ---------------------------------------------------------------- one invocation
+
+
+def fit(config: GridConfig, grid: Grid, store: RunStore, searcher: DagSearcher, plan: Plan) -> None:
+    """Run every ready cell through one Tuner until the scheduler has nothing left to hand out."""
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(plan.slots)  # the searcher decides; Tune may queue this many
+    settings = RunSettings(store.uri, config.data_root, config.recipe.checkpoint_every, config.recipe.compile,
+                           [ray.put(grid.cells)])  # fmt: skip
+    trainable = tune.with_resources(tune.with_parameters(cell_trial, run=settings), resources=plan.resources)
+    control = RunControl(searcher)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=-1,
+            reuse_actors=True,  # a trial process stays warm (torch, datasets, models imported) for the next
+            trial_dirname_creator=lambda trial: f"{trial.config['kind']}-{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=store.tune_uri,
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            stop=control,
+            callbacks=[control],
+            verbose=0,
+        ),
+    )
+    with _no_result_files():
+        tuner.fit()
+    if searcher.stop.reason is not None:
+        raise RunStopped(searcher.stop.reason)
+
+
+class _no_result_files:
+    """Tune reads every trial's result.json/progress.csv back after `fit` to build a ResultGrid (three storage
+    requests a trial, and a warning when they are absent). Cells report to the searcher instead, and those files
+    are never written (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS), so that read is skipped for the duration of `fit`."""
+
+    def __enter__(self):
+        from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+        self.original = ExperimentAnalysis._fetch_trial_dataframes
+        ExperimentAnalysis._fetch_trial_dataframes = lambda analysis: {}
+
+    def __exit__(self, *exc) -> None:
+        from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+        ExperimentAnalysis._fetch_trial_dataframes = self.original

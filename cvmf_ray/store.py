@@ -1,60 +1,84 @@
 """The run directory, through one pyarrow filesystem layer (local path, shared FS, `file://`, `s3://`).
 
-Layout (CONTRACT.md): grid.json, artifacts/KEY/{model.safetensors, meta.json}, evaluations/KEY.json,
-results.parquet, failures/KEY.json (why a cell failed, until it succeeds), waves/STAGE.json (which
-Tune experiment a wave ran as), tune/ (Ray Tune's storage_path).
+Layout (CONTRACT.md): grid.json, artifacts/KEY/{meta.json, model.safetensors | outputs.safetensors},
+evaluations/KEY.json, results.parquet, failures/KEY.json (why a cell failed, until it succeeds),
+checkpoints/KEY/epoch-NNNN.pt (a training cell's last epochs, until it finishes), lock.json (the driver
+that holds the run), tune/ (Ray Tune's storage_path).
 
-Every file is written to a temporary name and moved into place, so readers never see half a file.
-An artifact counts as finished only when its meta.json parses, names its own key and matches its weights
-(size on the cheap check, SHA-256 when the weights are loaded). Nothing is ever unpickled.
+Readers never see half a file: on a local or shared filesystem a file is written under a temporary name and
+renamed into place; on an object store a single PUT is already atomic. An artifact is finished once its
+meta.json exists (it is written last, after its tensors); the state of a whole run is one listing of
+`artifacts/` and `failures/`. Damage to a finished artifact is found where it is read: the reader checks the
+recorded SHA-256. Nothing is ever unpickled (safetensors, and torch.load with weights_only=True).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
-import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from cvmf_ray.errors import CellError, UsageError
 
-WEIGHTS = "model.safetensors"
 META = "meta.json"
+WEIGHTS = "model.safetensors"  # what a train/unlearn/quantize cell leaves
+OUTPUTS = "outputs.safetensors"  # what an evaluate cell leaves: its logits, read by compare cells
+CHECKPOINTS_KEPT = 2  # a torn newest checkpoint still leaves the one before it
 
 
 class CorruptArtifact(CellError):
     """An artifact exists but cannot be trusted; the cell that wrote it must be recomputed."""
 
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
 
 class StorageFull(OSError):
-    """The results storage ran out of space: the grid stops, nothing partial is left behind."""
+    """The results storage ran out of space: the run stops, nothing partial is left behind."""
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it, for a local path or any URI pyarrow understands."""
+    """A pyarrow filesystem and the path inside it, for a local path or any URI pyarrow understands.
+
+    Raises UsageError for a location that cannot be a run directory: empty, a relative `file://` URI, or a
+    scheme pyarrow does not know.
+    """
+    if not uri.strip():
+        raise UsageError("results location '' is empty: give a folder or a URI such as s3://bucket/prefix")
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
-    if urlparse(uri).scheme == "file":
-        return pafs.LocalFileSystem(), urlparse(uri).path
-    return pafs.FileSystem.from_uri(uri)
-
-
-def decode_weights(key: str, blob: bytes) -> dict[str, torch.Tensor]:
-    """safetensors bytes -> tensors; anything else (a planted pickle, say) is a CorruptArtifact."""
-    if not blob:
-        return {}
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        if parsed.netloc or not parsed.path.startswith("/"):
+            raise UsageError(f"results location {uri!r} is a relative file URI; write file:///absolute/path")
+        return pafs.LocalFileSystem(), parsed.path
     try:
-        return load_safetensors(blob)
-    except Exception as err:  # safetensors raises its own error types for malformed headers
-        raise CorruptArtifact(f"artifact {key}: {WEIGHTS} is not a valid safetensors file ({err})") from None
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise UsageError(f"results location {uri!r} cannot be opened: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@dataclass
+class Listing:
+    """The state of a run from one listing: which cells finished and which have a failure record."""
+
+    done: set[str]
+    failed: set[str]
 
 
 class RunStore:
@@ -63,17 +87,52 @@ class RunStore:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.fs, self.root = filesystem(uri)
+        self.renames_atomically = self.fs.type_name == "local"  # object stores: a PUT is atomic, a move is a copy
+        self._made_dirs: set[str] = set()
 
-    def check_usable(self) -> None:
-        """UsageError when the run directory cannot be a directory (it, or an ancestor, is a file)."""
+    # ---- checked once, before anything runs
+    def probe_writable(self) -> None:
+        """UsageError naming the location unless a run can be written there; writes nothing that stays.
+
+        Locally: the nearest existing ancestor must be a writable directory (nothing is created yet). On an
+        object store: a probe object is written, read back and deleted, which proves the scheme, the bucket,
+        the credentials and the permissions in one go.
+        """
+        try:
+            if self.fs.type_name == "local":
+                self._probe_local_ancestor()
+            else:
+                probe = self.path(f".cvmf-probe-{uuid.uuid4().hex[:8]}")
+                with self.fs.open_output_stream(probe) as stream:
+                    stream.write(b"probe")
+                with self.fs.open_input_stream(probe) as stream:
+                    assert stream.read() == b"probe", "read back something else"
+                self.fs.delete_file(probe)
+        except UsageError:
+            raise
+        except (OSError, pa.ArrowException, AssertionError) as err:
+            raise UsageError(f"results location {self.uri!r} is not usable: {_first_line(err)}") from None
+
+    def _probe_local_ancestor(self) -> None:
         path = self.root
-        while path and path != "/":
+        while True:
             info = self.fs.get_file_info(path)
             if info.type == pafs.FileType.File:
                 raise UsageError(f"results location {self.uri!r} is unusable: {path!r} is a file, not a directory")
             if info.type == pafs.FileType.Directory:
+                if not os.access(path, os.W_OK | os.X_OK):
+                    raise UsageError(f"results location {self.uri!r} is unusable: {path!r} is not writable")
                 return
-            path = path.rsplit("/", 1)[0]
+            path = os.path.dirname(path)
+
+    def probe_readable(self) -> None:
+        """UsageError unless this is a run directory whose grid.json can be read (status, results, report)."""
+        try:
+            found = self.file_exists("grid.json")
+        except (OSError, pa.ArrowException) as err:
+            raise UsageError(f"run {self.uri!r} cannot be read: {_first_line(err)}") from None
+        if not found:
+            raise UsageError(f"{self.uri!r} is not a cvmf-ray run directory (no grid.json)")
 
     # ---- paths
     def path(self, *parts: str) -> str:
@@ -82,7 +141,7 @@ class RunStore:
     @property
     def tune_uri(self) -> str:
         """Ray Tune's storage_path: a plain path locally, the URI otherwise."""
-        return self.path("tune") if "://" not in self.uri or self.uri.startswith("file://") else self.uri + "/tune"
+        return self.path("tune") if self.fs.type_name == "local" else self.uri.rstrip("/") + "/tune"
 
     # ---- raw files
     def exists(self) -> bool:
@@ -92,18 +151,27 @@ class RunStore:
         return self.fs.get_file_info(self.path(*parts)).type == pafs.FileType.File
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
-        """Atomic write: a temporary sibling, then a rename (a single PUT on object stores)."""
+        """Atomic write: a temporary sibling renamed into place, or one PUT on an object store."""
         final = self.path(*parts)
-        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        target = final
+        if self.renames_atomically:
+            folder = final.rsplit("/", 1)[0]
+            if folder not in self._made_dirs:
+                self.fs.create_dir(folder, recursive=True)
+                self._made_dirs.add(folder)
+            target = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            with self.fs.open_output_stream(tmp) as stream:
+            with self.fs.open_output_stream(target) as stream:
                 stream.write(data)
-            self.fs.move(tmp, final)
+            if target != final:
+                self.fs.move(target, final)
         except OSError as err:
-            self._remove_quietly(tmp)
+            if target != final:
+                self._remove_quietly(target)
             if err.errno == errno.ENOSPC or "No space left" in str(err):
                 raise StorageFull(errno.ENOSPC, f"results storage is full while writing {final}") from err
+            if isinstance(err, FileNotFoundError) and target != final:
+                self._made_dirs.discard(final.rsplit("/", 1)[0])  # someone removed the folder: make it again
             raise
 
     def read_bytes(self, *parts: str) -> bytes:
@@ -131,88 +199,100 @@ class RunStore:
             self.fs.delete_file(path)
 
     def remove_stale_temporaries(self) -> int:
-        """Delete half-written files a killed run left behind (they never carry a final name)."""
+        """Delete half-written files a killed run left behind (local filesystems; they never carry a final name)."""
+        if not self.renames_atomically:
+            return 0
         removed = 0
-        for folder in ("", "artifacts", "evaluations", "failures", "waves"):
-            selector = pafs.FileSelector(
-                self.path(folder) if folder else self.root, allow_not_found=True, recursive=folder == "artifacts"
-            )
-            for info in self.fs.get_file_info(selector):
-                if info.type == pafs.FileType.File and ".tmp-" in info.base_name:
-                    self.fs.delete_file(info.path)
-                    removed += 1
+        selector = pafs.FileSelector(self.root, allow_not_found=True, recursive=True)
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File and ".tmp-" in info.base_name and "/tune/" not in info.path:
+                self.fs.delete_file(info.path)
+                removed += 1
         return removed
 
+    # ---- the run's state
+    def listing(self) -> Listing:
+        """Finished cells (their meta.json exists) and failure records: one recursive listing + one flat one."""
+        selector = pafs.FileSelector(self.path("artifacts"), allow_not_found=True, recursive=True)
+        done = {
+            info.path.rsplit("/", 2)[-2]
+            for info in self.fs.get_file_info(selector)
+            if info.base_name == META and info.type == pafs.FileType.File
+        }
+        failed = {name[: -len(".json")] for name in self.list_names("failures") if name.endswith(".json")}
+        return Listing(done, failed)
+
     # ---- artifacts
-    def save_artifact(self, key: str, meta: dict, tensors: dict[str, torch.Tensor] | None = None) -> None:
-        """Weights first, meta last: the meta (with the weights' hash) is what marks the cell finished."""
+    def save_artifact(self, key: str, meta: dict, tensor_file: str | None = None, blob: bytes = b"") -> dict:
+        """Tensors first, meta last: the meta (with the tensors' hash) is what marks the cell finished."""
         meta = {**meta, "key": key, "created": time.time()}
-        if tensors is not None:
-            blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-            self.write_bytes(blob, "artifacts", key, WEIGHTS)
-            meta.update(weights_sha256=hashlib.sha256(blob).hexdigest(), weights_bytes=len(blob))
+        if tensor_file is not None:
+            self.write_bytes(blob, "artifacts", key, tensor_file)
+            meta.update(tensor_file=tensor_file, tensor_sha256=hashlib.sha256(blob).hexdigest(), tensor_bytes=len(blob))
         self.write_json(meta, "artifacts", key, META)
         self.remove("failures", f"{key}.json")
-
-    def read_meta(self, key: str) -> dict:
-        """The meta of a finished cell; CorruptArtifact when it is missing, unparsable or inconsistent."""
-        try:
-            meta = json.loads(self.read_bytes("artifacts", key, META))
-        except FileNotFoundError:
-            raise CorruptArtifact(f"artifact {key} has no {META}") from None
-        except (ValueError, UnicodeDecodeError):
-            raise CorruptArtifact(f"artifact {key}: {META} is not valid JSON") from None
-        if not isinstance(meta, dict) or meta.get("key") != key:
-            raise CorruptArtifact(f"artifact {key}: {META} belongs to another cell")
-        if "weights_sha256" in meta:
-            info = self.fs.get_file_info(self.path("artifacts", key, WEIGHTS))
-            if info.type != pafs.FileType.File or info.size != meta["weights_bytes"]:
-                raise CorruptArtifact(f"artifact {key}: {WEIGHTS} is missing or truncated")
         return meta
 
     def is_done(self, key: str) -> bool:
+        return self.file_exists("artifacts", key, META)
+
+    def read_meta(self, key: str) -> dict:
+        """The meta of a finished cell; CorruptArtifact when it is missing, unparsable or someone else's."""
         try:
-            self.read_meta(key)
-        except CorruptArtifact:
-            return False
-        return True
+            meta = json.loads(self.read_bytes("artifacts", key, META))
+        except FileNotFoundError:
+            raise CorruptArtifact(key, f"artifact {key} has no {META}") from None
+        except (ValueError, UnicodeDecodeError):
+            raise CorruptArtifact(key, f"artifact {key}: {META} is not valid JSON") from None
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            raise CorruptArtifact(key, f"artifact {key}: {META} belongs to another cell")
+        return meta
 
-    def read_weights(self, key: str) -> tuple[dict, bytes]:
-        """Meta and the raw safetensors bytes, verified against the recorded SHA-256 and decodable."""
-        meta, blob = self._hashed_weights(key)
-        decode_weights(key, blob)
-        return meta, blob
-
-    def load_artifact(self, key: str) -> tuple[dict, dict[str, torch.Tensor]]:
-        """Meta and weights, verified; safetensors only, never pickle."""
-        meta, blob = self._hashed_weights(key)
-        return meta, decode_weights(key, blob)
-
-    def _hashed_weights(self, key: str) -> tuple[dict, bytes]:
+    def read_artifact(self, key: str) -> tuple[dict, bytes]:
+        """Meta and the raw tensor bytes, verified against the recorded size and SHA-256."""
         meta = self.read_meta(key)
-        if "weights_sha256" not in meta:
+        if "tensor_file" not in meta:
             return meta, b""
         try:
-            blob = self.read_bytes("artifacts", key, WEIGHTS)
+            blob = self.read_bytes("artifacts", key, meta["tensor_file"])
         except FileNotFoundError:
-            raise CorruptArtifact(f"artifact {key}: {WEIGHTS} is missing") from None
-        if hashlib.sha256(blob).hexdigest() != meta["weights_sha256"]:
-            raise CorruptArtifact(f"artifact {key}: {WEIGHTS} does not match its recorded SHA-256")
+            raise CorruptArtifact(key, f"artifact {key}: {meta['tensor_file']} is missing") from None
+        if len(blob) != meta["tensor_bytes"] or hashlib.sha256(blob).hexdigest() != meta["tensor_sha256"]:
+            raise CorruptArtifact(key, f"artifact {key}: {meta['tensor_file']} does not match its recorded SHA-256")
         return meta, blob
 
     def discard_artifact(self, key: str) -> None:
         self.remove("artifacts", key)
 
-    # ---- failures
+    # ---- epoch checkpoints of unfinished training cells
+    def save_checkpoint(self, key: str, epoch: int, blob: bytes) -> None:
+        """Write epoch `epoch`'s training state, then drop all but the newest `CHECKPOINTS_KEPT`."""
+        self.write_bytes(blob, "checkpoints", key, f"epoch-{epoch:05d}.pt")
+        for name in self.checkpoint_names(key)[:-CHECKPOINTS_KEPT]:
+            self.remove("checkpoints", key, name)
+
+    def checkpoint_names(self, key: str) -> list[str]:
+        """Saved epochs of a training cell, oldest first."""
+        return [n for n in self.list_names(f"checkpoints/{key}") if n.startswith("epoch-") and n.endswith(".pt")]
+
+    # ---- failures, evaluations, results
     def save_failure(self, key: str, error: str) -> None:
         self.write_json({"key": key, "error": error, "time": time.time()}, "failures", f"{key}.json")
 
-    def failures(self) -> dict[str, str]:
-        found = {}
-        for name in self.list_names("failures"):
-            if name.endswith(".json"):
-                try:
-                    found[name[:-5]] = self.read_json("failures", name)["error"]
-                except (ValueError, KeyError, FileNotFoundError):
-                    continue
-        return found
+    def read_failure(self, key: str) -> str | None:
+        try:
+            return str(self.read_json("failures", f"{key}.json")["error"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def read_parquet(self, *parts: str) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(io.BytesIO(self.read_bytes(*parts)))
+
+    def write_parquet(self, table: pa.Table, *parts: str) -> None:
+        import pyarrow.parquet as pq
+
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        self.write_bytes(buffer.getvalue(), *parts)

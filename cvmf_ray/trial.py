@@ -1,46 +1,304 @@
-"""The Tune function trainable: what each trial of a stage wave does.
+"""The one Tune function trainable: a trial runs its batch of cells in its own process, on the resources it holds.
 
-On a CPU-only run every cell executes in a warm `CellWorker` (workers.py) and a trial only dispatches:
-a training trial streams its cell's epoch checkpoints back from its worker to `tune.report`; any other
-wave is one trial that holds every slot's CPU and hands cells to whichever worker is free, so slow cells
-(int8 inference) never leave a core idle. With GPUs, trials run their cells in their own process, on the
-GPU Ray assigned them.
+CPU or GPU, training or not, every trial runs this code. Tune's `reuse_actors` keeps its process (and the
+torch, dataset and model imports in it) warm from one trial to the next; Tune's `FailureConfig` retries it. A
+training cell saves its epoch checkpoints under `checkpoints/KEY/` in the run directory, so whichever trial
+runs it next (a Tune retry, or a later invocation after a crash) resumes from its last readable epoch.
+
+A finished artifact goes to storage (the durable truth) and into this node's `ArtifactCache`, a long-lived actor
+that owns it in the object store: readers on any node fetch it from there without touching storage, the driver
+never sees the bytes, and the artifact outlives the trial that made it. Each finished cell is reported to the
+driver's searcher (coalesced into one `tune.report` per `REPORT_EVERY_S`), which hands out its readers at once.
 
 This module imports only Ray at the top: heavy imports happen inside the functions that need them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import json
 import logging
-import tempfile
-from pathlib import Path
+import os
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import ray
 from ray import tune
 
-from cvmf_ray.workers import run_batch, training_hooks
+REPORT_EVERY_S = 0.25  # coalesce cell reports: each tune.report is a round trip to the driver
+CACHE_NAME = "cvmf-ray-cache-{node}"
+RESULT_KEY = "cvmf"  # the one metric a trial reports: a JSON list of events
 
-TRAIN_STATE = "train_state.pt"
-CELL_KEY = "cell_key"
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every trial of a run needs besides its batch (passed once, via `tune.with_parameters`)."""
+
+    uri: str
+    data_root: str
+    checkpoint_every: int
+    compile: bool
+    grid: list  # [ObjectRef of {key: Cell}], in a list so that with_parameters hands over the ref itself
 
 
-def stage_trial(config: dict, parents: dict | None = None, workers: list | None = None, leases=None) -> None:
-    """Function trainable: run every unfinished cell of the batch in `config["batch"]["cells"]`.
+def cell_trial(config: dict, run: RunSettings) -> None:
+    """Run every cell of `config["cells"]`; report each as done, failed or waiting for a recomputed parent.
 
-    Unexpected errors are re-raised after the batch so Tune retries the trial (a retry skips the cells
-    that finished, and a training cell resumes from its last epoch checkpoint).
+    An unexpected error fails the cell and, after the batch, the trial, so Tune retries it: a retry skips the
+    cells that finished and resumes a training cell from its last epoch checkpoint.
     """
-    for noisy in ("ray.train", "ray.tune"):  # "Checkpoint successfully created" on every epoch
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not workers:
-        outcome = run_batch(config, parents, device=trial_device(), hooks=_in_process_training)
-    elif config["stage"] == "train":
-        outcome = _train_on_warm_worker(config, parents, workers, leases)
-    else:
-        outcome = _spread_over_warm_workers(config, parents, workers)
-    if outcome["unexpected"]:
-        raise RuntimeError(f"{len(outcome['unexpected'])} cell(s) raised: " + "; ".join(outcome["unexpected"]))
-    tune.report({"cells_failed": len(outcome["failed"])})
+    _quiet()
+    from cvmf_ray.errors import CellError
+    from cvmf_ray.store import CorruptArtifact, StorageFull
+
+    store, cells = open_store(run.uri), grid_cells(run.grid[0])
+    _use_trial_cpus()
+    reporter = Reporter()
+    loader = InputLoader(store, config.get("sources", {}), set(config.get("missing", [])))
+    unexpected = []
+    for key in config["cells"]:
+        cell = cells[key]
+        started = time.perf_counter()
+        try:
+            event = _finished_before(cell, store) or _run_cell(cell, store, loader, run, reporter)
+        except CorruptArtifact as err:
+            event = {"status": "corrupt", "parent": err.key, "error": str(err)}
+        except CellError as err:
+            store.save_failure(key, str(err))
+            event = {"status": "failed", "error": str(err)}
+        except StorageFull as err:
+            reporter.add({"key": key, "status": "storage_full", "error": str(err)})
+            reporter.flush()
+            raise
+        except Exception as err:
+            message = f"{type(err).__name__}: {err}"
+            store.save_failure(key, message)
+            unexpected.append(message)
+            event = {"status": "retry", "error": message}
+        reporter.add({"key": key, "seconds": time.perf_counter() - started, **event})
+    reporter.flush()
+    tune.report({RESULT_KEY: "[]"})  # a small last result: Tune keeps every trial's last one
+    _free_accelerator()
+    if unexpected:
+        raise RuntimeError(f"{len(unexpected)} cell(s) raised: " + "; ".join(unexpected))
+
+
+def _finished_before(cell, store) -> dict | None:
+    """A cell a previous attempt of this trial finished (Tune retries the whole batch): report it again."""
+    if not store.is_done(cell.key):
+        return None
+    return _done_event(cell, store.read_meta(cell.key) if cell.stage in ("evaluate", "compare") else {})
+
+
+def _run_cell(cell, store, loader, run: RunSettings, reporter) -> dict:
+    from cvmf_ray.cells import CellSettings, execute_cell
+
+    context = ray.get_runtime_context()
+    placement = {"node_id": context.get_node_id(), "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    settings = CellSettings(run.data_root, trial_device(), run.checkpoint_every, run.compile, placement)
+    hooks = training_hooks(cell.key, store, reporter) if cell.stage == "train" else {}
+    artifact = execute_cell(cell, loader, settings, **hooks)
+    meta = store.save_artifact(cell.key, artifact.meta, artifact.tensor_file, artifact.blob)
+    if cell.stage == "train":
+        store.remove("checkpoints", cell.key)
+    if cell.stage == "evaluate":
+        from cvmf_ray.results import evaluation_row
+
+        store.write_json(evaluation_row(cell, meta), "evaluations", f"{cell.key}.json")
+    if artifact.tensor_file:
+        _publish(cell.key, meta, artifact.blob, context.get_node_id())
+    return _done_event(cell, meta)
+
+
+def _done_event(cell, meta: dict) -> dict:
+    event = {"status": "done", "node": ray.get_runtime_context().get_node_id()}
+    if cell.stage == "evaluate":
+        from cvmf_ray.results import evaluation_row
+
+        event["row"] = evaluation_row(cell, meta)
+    elif cell.stage == "compare":
+        event["compare"] = meta["metrics"]
+    return event
+
+
+# ---------------------------------------------------------------- training checkpoints
+
+
+def training_hooks(key: str, store, reporter) -> dict:
+    """`resume` from the newest readable epoch checkpoint, and `on_epoch` that saves and reports each epoch.
+
+    An unreadable checkpoint (torn by a crash, overwritten) is reported once, deleted, and the one before it
+    is tried; with none readable the cell trains from scratch. Nothing is unpickled: weights_only=True.
+    """
+    import torch
+
+    resume = None
+    for name in reversed(store.checkpoint_names(key)):
+        try:
+            resume = torch.load(io.BytesIO(store.read_bytes("checkpoints", key, name)), weights_only=True)
+            int(resume["epoch"])
+            break
+        except Exception as err:  # any unreadable file: a torn write, random bytes, a foreign pickle
+            reporter.add({"key": key, "status": "warning", "error": f"checkpoint {name} of training cell {key} is "
+                          f"unreadable ({type(err).__name__}); deleted it, resuming from the one before"})  # fmt: skip
+            store.remove("checkpoints", key, name)
+            resume = None
+    if resume is not None:
+        reporter.add({"key": key, "status": "resumed", "epoch": int(resume["epoch"])})
+
+    def on_epoch(epoch: int, state: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        store.save_checkpoint(key, epoch, buffer.getvalue())
+        reporter.add({"key": key, "status": "epoch", "epoch": epoch}, now=True)
+
+    return {"resume": resume, "on_epoch": on_epoch}
+
+
+# ---------------------------------------------------------------- inputs and the node-local cache
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class ArtifactCache:
+    """This node's recently finished artifacts, owned in its object store by this long-lived process.
+
+    A trial's own `ray.put` would die with the trial; this actor lives as long as the driver. It keeps at
+    most `budget` bytes, evicting the least recently used, and drops what the driver says nobody reads again.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self.entries: OrderedDict[str, tuple] = OrderedDict()  # key -> (ObjectRef of (meta, bytes), size)
+
+    def hold(self, key: str, meta: dict, blob: bytes) -> bool:
+        if len(blob) > self.budget:
+            return False
+        self.release([key])
+        self.entries[key] = (ray.put((meta, blob)), len(blob))
+        self.used += len(blob)
+        while self.used > self.budget:
+            self.used -= self.entries.popitem(last=False)[1][1]
+        return True
+
+    def lookup(self, key: str) -> list | None:
+        """[the ObjectRef] (in a list, so Ray hands over the ref instead of resolving it), or None."""
+        if key not in self.entries:
+            return None
+        self.entries.move_to_end(key)
+        return [self.entries[key][0]]
+
+    def release(self, keys: list[str]) -> None:
+        for key in keys:
+            entry = self.entries.pop(key, None)
+            if entry is not None:
+                self.used -= entry[1]
+
+
+def _publish(key: str, meta: dict, blob: bytes, node: str) -> None:
+    """Hand a finished artifact to this node's cache before reporting it, so its readers find it there."""
+    with contextlib.suppress(ValueError, ray.exceptions.RayError):  # no cache here (late node, died): storage serves
+        ray.get(ray.get_actor(CACHE_NAME.format(node=node)).hold.remote(key, meta, blob))
+
+
+class InputLoader:
+    """`load(key)` -> (meta, tensors) of a finished cell: from the node cache that holds it, else from storage.
+
+    Storage reads verify the SHA-256 and discard a damaged artifact (CorruptArtifact tells the driver to
+    recompute it). The last few loads are kept: a batch often reads one parent several times.
+    """
+
+    KEEP = 4
+
+    def __init__(self, store, sources: dict[str, list[str]], missing: set[str]) -> None:
+        self.store, self.missing = store, missing
+        self.node_of = {key: node for node, keys in sources.items() for key in keys}
+        self.recent: OrderedDict[str, tuple] = OrderedDict()
+
+    def __call__(self, key: str) -> tuple[dict, dict]:
+        from cvmf_ray.cells import decode
+        from cvmf_ray.errors import MissingInput
+        from cvmf_ray.store import CorruptArtifact
+
+        if key in self.missing:
+            raise MissingInput(key)
+        if key not in self.recent:
+            meta, blob = self._from_cache(key) or self._from_storage(key)
+            try:
+                self.recent[key] = (meta, decode(key, blob))
+            except CorruptArtifact:
+                self.store.discard_artifact(key)
+                raise
+            while len(self.recent) > self.KEEP:
+                self.recent.popitem(last=False)
+        self.recent.move_to_end(key)
+        return self.recent[key]
+
+    def _from_cache(self, key: str) -> tuple[dict, bytes] | None:
+        node = self.node_of.get(key)
+        if node is None:
+            return None
+        try:
+            found = ray.get(ray.get_actor(CACHE_NAME.format(node=node)).lookup.remote(key))
+            if found is None:
+                return None
+            meta, blob = ray.get(found[0])
+        except (ValueError, ray.exceptions.RayError):  # the cache or its node is gone: storage serves
+            return None
+        return {**meta, "read_from": "object store"}, blob
+
+    def _from_storage(self, key: str) -> tuple[dict, bytes]:
+        from cvmf_ray.store import CorruptArtifact
+
+        try:
+            meta, blob = self.store.read_artifact(key)
+        except CorruptArtifact:
+            self.store.discard_artifact(key)
+            raise
+        return {**meta, "read_from": "storage"}, blob
+
+
+# ---------------------------------------------------------------- reporting and process set-up
+
+
+class Reporter:
+    """Collects cell events and sends them in one `tune.report` at most every `REPORT_EVERY_S`."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.last = time.monotonic()
+
+    def add(self, event: dict, now: bool = False) -> None:
+        self.events.append(event)
+        if now or time.monotonic() - self.last >= REPORT_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.events:
+            tune.report({RESULT_KEY: json.dumps(self.events)})
+            self.events, self.last = [], time.monotonic()
+
+
+@functools.lru_cache(maxsize=4)
+def open_store(uri: str):
+    """One RunStore per run and process: a warm process runs many trials, and opening s3:// resolves credentials."""
+    from cvmf_ray.store import RunStore
+
+    return RunStore(uri)
+
+
+_GRIDS: dict[str, dict] = {}
+
+
+def grid_cells(ref) -> dict:
+    """The run's cells, fetched from the object store once per process (a warm process serves many trials)."""
+    if ref.hex() not in _GRIDS:
+        _GRIDS.clear()
+        _GRIDS[ref.hex()] = ray.get(ref)
+    return _GRIDS[ref.hex()]
 
 
 def trial_device() -> str:
@@ -50,71 +308,23 @@ def trial_device() -> str:
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
-def _spread_over_warm_workers(config: dict, parents: dict | None, workers: list) -> dict:
-    """Hand the batch's cells one at a time to whichever worker is free; report progress per cell."""
-    waiting = list(config["batch"]["cells"])
-    running: dict = {}
-    outcome: dict = {"failed": {}, "unexpected": []}
+def _use_trial_cpus() -> None:
+    """As many torch threads as CPUs the trial holds: numbers then do not depend on where a cell ran."""
+    import torch
 
-    def hand_next_cell_to(worker) -> None:
-        running[worker.run.remote({**config, "batch": {"cells": [waiting.pop(0)]}}, parents)] = worker
-
-    for worker in workers[: len(waiting)]:
-        hand_next_cell_to(worker)
-    finished = 0
-    while running:
-        [ref], _ = ray.wait(list(running))
-        worker = running.pop(ref)
-        if waiting:
-            hand_next_cell_to(worker)
-        try:
-            result = ray.get(ref)
-        except ray.exceptions.RayError as err:  # the worker died: Ray restarts it, Tune retries this trial
-            result = {"failed": {}, "unexpected": [f"{type(err).__name__}: {str(err).splitlines()[0]}"]}
-        outcome["failed"].update(result["failed"])
-        outcome["unexpected"] += result["unexpected"]
-        finished += 1
-        if running:
-            tune.report({"cells_done": finished})
-    return outcome
+    bundle = tune.get_context().get_trial_resources().required_resources
+    torch.set_num_threads(max(1, int(bundle.get("CPU", 1))))
 
 
-def _train_on_warm_worker(config: dict, parents: dict | None, workers: list, leases) -> dict:
-    """Lease a free worker and relay its epoch checkpoints to Tune until the cell is trained."""
-    (cell,) = config["batch"]["cells"]
-    trial_id = tune.get_context().get_trial_id()
-    worker = workers[ray.get(leases.acquire.remote(trial_id))]
-    ray.get(worker.ready.remote())  # waits while Ray restarts a worker that died
-    try:
-        for ref in worker.train.remote(config, parents, _saved_training(cell["key"])):
-            item = ray.get(ref)
-            if "outcome" in item:
-                return item["outcome"]
-            _report_epoch(cell["key"], item["epoch"], item["state"])
-    finally:
-        leases.release.remote(trial_id)
-    raise RuntimeError("the worker stopped before the training cell finished")
+def _free_accelerator() -> None:
+    """Return cached GPU memory between trials: the process is reused for the next one."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
-def _saved_training(cell_key: str) -> bytes | None:
-    """The training state of this trial's last epoch checkpoint, if it belongs to `cell_key`."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        key_file, state_file = Path(folder) / CELL_KEY, Path(folder) / TRAIN_STATE
-        if not key_file.exists() or key_file.read_text() != cell_key:
-            return None
-        return state_file.read_bytes()
-
-
-def _report_epoch(cell_key: str, epoch: int, state: bytes) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / TRAIN_STATE).write_bytes(state)
-        (Path(folder) / CELL_KEY).write_text(cell_key)
-        tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
-
-
-def _in_process_training(cell) -> dict:
-    """Training inside the trial itself (GPU runs): checkpoints go straight to `tune.report`."""
-    return training_hooks(_saved_training(cell.key), lambda epoch, state: _report_epoch(cell.key, epoch, state))
+def _quiet() -> None:
+    for noisy in ("ray.train", "ray.tune"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="torchao")

@@ -9,6 +9,7 @@ import textwrap
 
 import pyarrow.parquet as pq
 
+from cvmf_ray.results import OWN_COLUMNS
 from tests.conftest import FAST, comparable, kill_session, metas, start_driver, wait_for
 
 
@@ -21,7 +22,8 @@ def test_default_grid_writes_every_result_and_a_rerun_starts_nothing(default_run
         for q in ("fp32", "fp16", "bf16", "int8")
     }
     evaluations = {p.stem: json.loads(p.read_text()) for p in (default_run / "evaluations").glob("*.json")}
-    assert evaluations == {r["key"]: r for r in rows}  # the JSON files and the table say the same
+    assert evaluations.keys() == {r["key"] for r in rows}  # the JSON files and the table say the same
+    assert all(evaluations[r["key"]] == {k: r[k] for k in OWN_COLUMNS} for r in rows)
     by = {(r["method"], r["quant"]): r for r in rows}
     assert by["retrain", "fp32"]["forget_train_accuracy"] == 0.0  # never saw class 0
     assert by["original", "fp32"]["forget_train_accuracy"] > 0.9
@@ -32,15 +34,21 @@ def test_default_grid_writes_every_result_and_a_rerun_starts_nothing(default_run
         for split in ("test", "forget_train", "retain_train", "retain_test", "forget_test"):
             assert 0.0 <= row[f"{split}_accuracy"] <= 1.0
 
+    by_row = {r["key"]: r for r in rows}
+    for row in rows:  # the comparison with the gold standard: zero for the retrain model itself
+        assert row["compare_key"] is not None and row["js_to_retrain_test"] >= 0
+    assert all(by_row[k]["js_to_retrain_forget_train"] < 1e-12 for k in by_row if by_row[k]["method"] == "retrain"
+               and by_row[k]["quant"] == "fp32")  # fmt: skip
+
     before = metas(default_run)
-    experiments = sorted(p.name for p in (default_run / "tune").iterdir())
+    tune_state = sorted(p.name for p in (default_run / "tune").rglob("*"))
     code, out, _ = cli("grid", "--results-dir", default_run.parent, *FAST)
     assert code == 0
-    assert "cell(s) to run" not in out  # no wave, so no Tune trial, was started
-    assert sorted(p.name for p in (default_run / "tune").iterdir()) == experiments
+    assert "nothing to run" in out  # no Tuner, so no Tune trial, was started
+    assert sorted(p.name for p in (default_run / "tune").rglob("*")) == tune_state
     assert metas(default_run) == before  # nothing recomputed or rewritten
     code, out, _ = cli("status", default_run)
-    assert code == 0 and "evaluate      20       0        0" in out
+    assert code == 0 and "evaluate      20       0        0" in out and "compare       20       0        0" in out
     code, out, _ = cli("results", default_run)
     assert code == 0 and "20 rows" in out and "gradient_ascent" in out
 

@@ -65,8 +65,8 @@ def train(
         if not math.isfinite(mean_loss):
             raise CellError(f"training diverged at epoch {epoch + 1}: mean loss {mean_loss}")
         done = epoch + 1
-        if on_epoch is not None and (done % recipe.checkpoint_every == 0 or done == recipe.epochs):
-            on_epoch(done, checkpoint(model, optimizer, done))
+        if on_epoch is not None and done % recipe.checkpoint_every == 0 and done < recipe.epochs:
+            on_epoch(done, checkpoint(model, optimizer, done))  # the last epoch's state is the trained model
     model.to(memory_format=torch.contiguous_format).eval()
     return model, {"train_seconds": time.perf_counter() - started, "train_loss": mean_loss, "epochs": recipe.epochs}
 

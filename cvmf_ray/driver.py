@@ -1,0 +1,187 @@
+"""One invocation of `cvmf-ray grid`: list the run, run what is unfinished, write the table.
+
+The run's state is one listing of `artifacts/` and `failures/`. The previous `results.parquet` supplies the
+rows of cells finished earlier; the cells of this invocation report theirs. Only rows no table holds any more
+(a deleted or damaged table, a grid widened back) are read from storage, a file per row. The table and
+`evaluations/` always describe the same rows, those of the grid last run: JSON files of cells outside it are
+removed (their artifacts stay and are reused if the grid widens again) and missing ones are rewritten.
+With nothing to run and a table of this very grid, an invocation lists and exits.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+import ray
+
+from cvmf_ray.config import GridConfig
+from cvmf_ray.errors import Interrupted, UsageError
+from cvmf_ray.grid import Grid
+from cvmf_ray.progress import Progress
+from cvmf_ray.results import RUN_METADATA, assemble, evaluation_row, failed_row, rows_from_table, run_info
+from cvmf_ray.runner import DagSearcher, RunStopped, StopSignal, connect, fit
+from cvmf_ray.scheduler import BLOCKED, DONE, FAILED, Scheduler
+from cvmf_ray.store import CorruptArtifact, RunStore
+
+READERS = 16  # parallel storage reads when rows must be recovered file by file (latency, not bandwidth)
+
+
+@dataclass
+class Outcome:
+    table: pa.Table
+    ran: bool  # whether any cell was run in this invocation
+
+
+def raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def install_interrupt_handlers() -> None:
+    """Ctrl-C and SIGTERM leave Tune's loop at once (Ray's own SIGTERM handler, set by ray.init, is replaced)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, raise_interrupted)
+
+
+def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = False, stop: StopSignal | None = None
+        ) -> Outcome:  # fmt: skip
+    started = time.time()
+    listing = store.listing()
+    previous = _previous_table(store, log)
+    done = listing.done & grid.cells.keys()
+    if len(done) == len(grid.cells) and _describes(previous, grid):
+        log(f"run {store.uri}: all {len(grid.cells)} cells are finished; nothing to run")
+        return Outcome(previous, ran=False)
+    store.remove_stale_temporaries()
+    store.write_json(grid.to_json(), "grid.json")
+    rows, comparisons = rows_from_table(previous, done) if previous is not None else ({}, {})
+    for stage, into in (("evaluate", rows), ("compare", comparisons)):
+        missing = [c.key for c in grid.stage(stage) if c.key in done and c.key not in into]
+        done -= _recover(store, grid, missing, into, stage)
+    scheduler = Scheduler(grid, done)
+    searcher, stopped = None, None
+    if not scheduler.finished:
+        counts = ", ".join(f"{n} {stage}" for stage, n in grid.counts().items() if n)
+        log(f"run {store.uri}: {counts} cells; {len(grid.cells) - len(done)} to run")
+        progress = Progress(scheduler.counts, verbose, log)
+        try:
+            plan = connect(config, verbose)
+            install_interrupt_handlers()
+            try:
+                searcher = DagSearcher(scheduler, plan, store, progress, stop or StopSignal())
+                fit(config, grid, store, searcher, plan)
+            finally:
+                ray.shutdown()
+        except (Interrupted, RunStopped) as err:
+            stopped = err
+        finally:
+            progress.close()
+        rows.update(searcher.rows if searcher else {})
+        comparisons.update(searcher.comparisons if searcher else {})
+    table = _table(config, grid, store, scheduler, listing.failed, rows, comparisons, started)
+    _sync_evaluations(store, table)
+    store.write_parquet(table, "results.parquet")
+    if stopped is not None:
+        raise stopped
+    return Outcome(table, ran=searcher is not None)
+
+
+def _previous_table(store: RunStore, log) -> pa.Table | None:
+    if not store.file_exists("results.parquet"):
+        return None
+    try:
+        return store.read_parquet("results.parquet")
+    except (OSError, pa.ArrowException) as err:
+        log(f"warning: results.parquet is damaged ({err}); rebuilding it from evaluations/ and artifacts/")
+        return None
+
+
+def _describes(table: pa.Table | None, grid: Grid) -> bool:
+    """Whether `table` was written for exactly this grid, every row finished."""
+    if table is None or RUN_METADATA not in (table.schema.metadata or {}):
+        return False
+    import json
+
+    info = json.loads(table.schema.metadata[RUN_METADATA])
+    return info.get("grid_digest") == grid.digest and set(table.column("status").to_pylist()) == {"ok"}
+
+
+def _table(config, grid, store, scheduler, failed_before, rows, comparisons, started) -> pa.Table:
+    """Every evaluate cell's row: finished (reported, or from an earlier table), failed, or pending."""
+    for cell in grid.stage("evaluate"):
+        state = scheduler.state[cell.key]
+        if state == DONE and cell.key in rows:
+            continue
+        if state in (FAILED, BLOCKED):
+            rows[cell.key] = failed_row(cell, "failed", scheduler.errors.get(cell.key))
+        elif cell.key in failed_before:  # failed in an earlier invocation and not retried (interrupted)
+            rows[cell.key] = failed_row(cell, "failed", store.read_failure(cell.key))
+        else:
+            rows[cell.key] = failed_row(cell, "pending", None)
+    info = run_info(config, grid, scheduler.counts(), started, time.time())
+    return assemble(grid, rows, comparisons, info)
+
+
+def _recover(store: RunStore, grid: Grid, keys: list[str], into: dict, stage: str, discard: bool = True) -> set[str]:
+    """Rows (or comparisons) no table holds, read from each cell's meta. Returns the keys whose meta is damaged:
+    their artifacts are discarded (unless `discard` is False: read-only commands) and the cells run again."""
+
+    def read(key: str):
+        try:
+            meta = store.read_meta(key)
+        except CorruptArtifact:
+            if discard:
+                store.discard_artifact(key)
+            return key, None
+        return key, evaluation_row(grid.cells[key], meta) if stage == "evaluate" else meta["metrics"]
+
+    damaged = set()
+    with ThreadPoolExecutor(READERS) as pool:
+        for key, value in pool.map(read, keys):
+            if value is None:
+                damaged.add(key)
+            else:
+                into[key] = value
+    return damaged
+
+
+def _sync_evaluations(store: RunStore, table: pa.Table) -> None:
+    """evaluations/ holds one JSON per ok row of the table, and nothing else."""
+    from cvmf_ray.results import OWN_COLUMNS
+
+    ok = {row["key"]: row for row in table.select(OWN_COLUMNS).to_pylist() if row["status"] == "ok"}
+    present = {name[: -len(".json")] for name in store.list_names("evaluations") if name.endswith(".json")}
+    with ThreadPoolExecutor(READERS) as pool:
+        list(pool.map(lambda key: store.remove("evaluations", f"{key}.json"), present - ok.keys()))
+        list(pool.map(lambda key: store.write_json(ok[key], "evaluations", f"{key}.json"), ok.keys() - present))
+
+
+def read_grid(store: RunStore) -> Grid:
+    """The run's grid.json, or one line saying it is damaged and how to rewrite it."""
+    try:
+        return Grid.from_json(store.read_json("grid.json"))
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(
+            f"{store.path('grid.json')} is damaged ({type(err).__name__}); rerun `cvmf-ray grid` with this run's "
+            "options to rewrite it (finished cells are kept)"
+        ) from None
+
+
+def read_table(store: RunStore, log) -> pa.Table:
+    """The run's results table; when results.parquet is missing or damaged, rebuilt (not written) from the cells'
+    metas and failure records (grid.json says which cells there are)."""
+    table = _previous_table(store, log)
+    if table is not None:
+        return table
+    grid = read_grid(store)
+    listing = store.listing()
+    rows, comparisons = {}, {}
+    done = set(listing.done)
+    for stage, into in (("evaluate", rows), ("compare", comparisons)):
+        done -= _recover(store, grid, [c.key for c in grid.stage(stage) if c.key in done], into, stage, discard=False)
+    log(f"rebuilt {len(rows)} finished rows of {len(grid.stage('evaluate'))} from {store.uri}")
+    return _table(None, grid, store, Scheduler(grid, done & grid.cells.keys()), listing.failed, rows, comparisons,
+                  time.time())  # fmt: skip

@@ -1,0 +1,117 @@
+"""What a person sees while a grid runs: a live bar per stage on a terminal, a summary line every
+`SUMMARY_EVERY_S` without one (CI logs), one line per cell only with `--verbose`. Failures and warnings are
+always printed, the first `MAX_FAILURE_LINES` failures one line each."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from cvmf_ray.grid import STAGES, Cell
+
+SUMMARY_EVERY_S = 10.0
+MAX_FAILURE_LINES = 10
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else (
+        f"{seconds // 60}:{seconds % 60:02d}")  # fmt: skip
+
+
+class Progress:
+    """Fed by the searcher (`cell_finished`, `cell_failed`, `note`) and ticked by Tune's loop (`tick`)."""
+
+    def __init__(self, counts: Callable[[], dict[str, Counter]], verbose: bool, log: Callable[[str], None],
+                 live: bool | None = None) -> None:  # fmt: skip
+        self.counts, self.verbose, self.log = counts, verbose, log
+        self.live = sys.stdout.isatty() if live is None else live
+        self.started = self.last_summary = time.monotonic()
+        self.failures = 0
+        self.done_at_start = sum(c["done"] for c in counts().values())
+        self.bars = None
+        if self.live:
+            self._start_bars()
+
+    # ---- events
+    def cell_finished(self, cell: Cell, seconds: float) -> None:
+        if self.verbose:
+            self._print(f"  done {cell.stage}: {cell.describe()} ({seconds:.1f} s)")
+
+    def cell_failed(self, cell: Cell, error: str) -> None:
+        self.failures += 1
+        if self.failures <= MAX_FAILURE_LINES:
+            self._print(f"  FAILED {cell.stage}: {cell.describe()}: {error}")
+        elif self.failures == MAX_FAILURE_LINES + 1:
+            self._print("  (further failures are counted, not printed; the results table has every reason)")
+
+    def note(self, message: str) -> None:
+        self._print(f"  {message}")
+
+    # ---- display
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.bars is not None:
+            self._update_bars()
+        elif now - self.last_summary >= SUMMARY_EVERY_S:
+            self.last_summary = now
+            self._print(self.summary())
+
+    def summary(self) -> str:
+        counts = self.counts()
+        parts = []
+        for stage in STAGES:
+            c = counts[stage]
+            total = sum(c.values())
+            if total:
+                running = f" ({c['running']} running)" if c["running"] else ""
+                parts.append(f"{stage} {c['done']}/{total}{running}")
+        failed = sum(c["failed"] for c in counts.values())
+        return f"[{_clock(time.monotonic() - self.started)}] " + " · ".join(parts) + f" · failed {failed}{self._eta()}"
+
+    def _eta(self) -> str:
+        """Time left at the pace of this invocation so far (cells finished earlier do not count)."""
+        counts = self.counts()
+        finished_here = sum(c["done"] for c in counts.values()) - self.done_at_start
+        left = sum(c["pending"] + c["running"] for c in counts.values())
+        elapsed = time.monotonic() - self.started
+        if not left or finished_here <= 0:
+            return ""
+        return f" · ETA {_clock(elapsed / finished_here * left)}"
+
+    def _print(self, line: str) -> None:
+        if self.bars is not None:
+            self.bars.console.print(line, markup=False, highlight=False)
+        else:
+            self.log(line)
+
+    def _start_bars(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bars
+
+        self.bars = Bars(
+            TextColumn("{task.description:9}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[state]}"), TimeRemainingColumn(), transient=False,
+        )  # fmt: skip
+        counts = self.counts()
+        self.tasks = {
+            stage: self.bars.add_task(stage, total=sum(counts[stage].values()), state="")
+            for stage in STAGES
+            if sum(counts[stage].values())
+        }
+        self.bars.start()
+
+    def _update_bars(self) -> None:
+        counts = self.counts()
+        for stage, task in self.tasks.items():
+            c = counts[stage]
+            state = " ".join(f"{n} {what}" for what, n in (("running", c["running"]), ("failed", c["failed"])) if n)
+            self.bars.update(task, completed=c["done"] + c["failed"], state=state)
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self._update_bars()
+            self.bars.stop()
+            self.bars = None
