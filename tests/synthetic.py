@@ -107,7 +107,7 @@ def _class_accuracy(method: str, forget_class: int) -> list[float | None] | None
 def _schema(weight_bits: bool) -> pa.Schema:
     """The real results schema, plus the optional columns this table fills (weight_bits: unless it is there)."""
     extra = [("privacy_score", pa.float64()), ("test_class_accuracy", pa.list_(pa.float64()))]
-    schema = pa.schema([*SCHEMA, *extra])
+    schema = pa.schema([*SCHEMA, *(field for field in extra if field[0] not in SCHEMA.names)])
     if weight_bits and "weight_bits" not in schema.names:
         schema = schema.insert(schema.get_field_index("quant") + 1, pa.field("weight_bits", pa.int64()))
     return schema if weight_bits else pa.schema([f for f in schema if f.name != "weight_bits"])

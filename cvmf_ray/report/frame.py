@@ -40,7 +40,7 @@ def run_info(table: pa.Table) -> dict:
 def to_frame(table: pa.Table) -> pd.DataFrame:
     """Rows in report order: `method`/`quant` ordered categoricals, a `weight_bits` and a `forget` label column."""
     frame = table.to_pandas()
-    grid_methods = run_info(table).get("grid", {}).get("methods", [])
+    grid_methods = (run_info(table).get("grid") or {}).get("methods", [])
     frame["method"] = pd.Categorical(frame["method"], list(dict.fromkeys([*grid_methods, *frame["method"]])), True)
     recorded = (
         frame.groupby("quant")["weight_bits"].first().dropna() if "weight_bits" in frame else pd.Series(dtype=float)

@@ -36,7 +36,7 @@ table { border-collapse: collapse; font-size: 12px; margin: .5em 0; }
 th, td { padding: 2px 6px; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
 td { white-space: nowrap; }
 th { background: #f4f4f4; } .failed td:last-child { font-family: monospace; white-space: pre-wrap; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; } .identity th { white-space: nowrap; } .identity td { white-space: normal; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; }
 figcaption, .note { color: #555; font-size: 13px; } .ok { color: #137333; } .bad { color: #b3261e; }
 """
@@ -65,7 +65,7 @@ def write_report(table: pa.Table, out_dir: Path, title: str | None = None) -> li
     }
     table_paths = [p for name, t in tables.items() if len(t) for p in write_table(t, out_dir / "tables", name)]
     stats.to_csv(out_dir / "tables" / "aggregate.csv", index=False)
-    title = title or info.get("grid", {}).get("name") or out_dir.parent.name
+    title = title or (info.get("grid") or {}).get("name") or out_dir.parent.name
     body = [
         f"<h1>cvmf-ray report: {html.escape(title)}</h1>",
         _glance(frame, stats),
@@ -172,30 +172,31 @@ def _identity(frame: pd.DataFrame, info: dict) -> str:
     grid = info.get("grid") or {
         "models": list(dict.fromkeys(frame["model"])),
         "datasets": list(dict.fromkeys(frame["dataset"])),
-        "methods": [m for m in frame["method"].cat.categories],
-        "quant": [q for q in frame["quant"].cat.categories],
+        "methods": list(frame["method"].cat.categories),
+        "quant": list(frame["quant"].cat.categories),
         "seeds": sorted(set(frame["seed"])),
         "forget sets": list(dict.fromkeys(frame["forget"])),
+        "note": "this results.parquet records no grid: the one above is read from its rows",
     }
-    items = {f"grid: {k}": _plain(v) for k, v in grid.items()}
-    if not info:
-        items["note"] = "this results.parquet records no run metadata: the grid above is read from its rows"
-    hardware = info.get("hardware") or {}
-    items.update(
-        {
-            "versions": ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items()) or "not recorded",
-            "hardware": ", ".join(f"{k}: {_plain(v)}" for k, v in hardware.items()) or "not recorded",
-            "started": info.get("started", "not recorded"),
-            "finished": info.get("finished", "not recorded"),
-            "wall time": f"{info['wall_seconds']:.1f} s" if "wall_seconds" in info else "not recorded",
-        }
-    )
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items.items())
-    stages = ""
+    environment = {
+        "versions": ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items()),
+        "hardware": ", ".join(f"{k}: {_plain(v)}" for k, v in (info.get("hardware") or {}).items()),
+        "started": info.get("started"),
+        "finished": info.get("finished"),
+        "wall time": f"{info['wall_seconds']:.1f} s" if "wall_seconds" in info else None,
+        "grid digest": info.get("grid_digest"),
+    }
+    environment = {k: v or "not recorded" for k, v in environment.items()}
+    parts = ["<h2>Run</h2>", "<h3>Grid</h3>", _definitions(grid), "<h3>Where and when</h3>", _definitions(environment)]
     if info.get("counts"):
-        stage_table = pd.DataFrame(info["counts"]).T.fillna(0).astype(int).rename_axis("stage").reset_index()
-        stages = "<h3>Cells per stage</h3>" + stage_table.to_html(index=False, border=0)
-    return f"<h2>Run</h2><table>{rows}</table>{stages}"
+        counts = pd.DataFrame(info["counts"]).T.reindex(columns=["done", "failed", "pending"]).fillna(0).astype(int)
+        parts += ["<h3>Cells per stage</h3>", counts.rename_axis("stage").reset_index().to_html(index=False, border=0)]
+    return "\n".join(parts)
+
+
+def _definitions(items: dict) -> str:
+    rows = [f"<tr><th>{html.escape(k)}</th><td>{html.escape(_plain(v))}</td></tr>" for k, v in items.items()]
+    return f'<table class="identity">{"".join(rows)}</table>'
 
 
 def _plain(value) -> str:
