@@ -1,0 +1,235 @@
+"""`write_report`: report.html (one self-contained page), figures/*.png + *.pdf and tables/*.csv/.md/.tex.
+
+The page embeds its figures as data URIs and its style inline: it opens from a file, with no network and
+no server, and can be mailed as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pyarrow as pa
+
+from cvmf_ray.report.figures import PLOTS, Plot, Skipped, Slice, method_colors
+from cvmf_ray.report.frame import run_info, to_frame
+from cvmf_ray.report.stats import aggregate, estimate, excludes_zero, ranking
+from cvmf_ray.report.tables import (
+    ESTIMATE_NOTE,
+    RECOVERY_TABLES,
+    drop_constant,
+    failed_table,
+    ranking_table,
+    recovery_table,
+    summary,
+    write_table,
+)
+
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; } h3 { margin-bottom: .3em; }
+table { border-collapse: collapse; font-size: 12px; margin: .5em 0; }
+th, td { padding: 2px 6px; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
+td { white-space: nowrap; }
+th { background: #f4f4f4; } .failed td:last-child { font-family: monospace; white-space: pre-wrap; }
+.scroll { overflow-x: auto; } .identity th { white-space: nowrap; } .identity td { white-space: normal; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; }
+figcaption, .note { color: #555; font-size: 13px; } .ok { color: #137333; } .bad { color: #b3261e; }
+"""
+PNG_DPI = 150
+CSS_DPI = 96  # CSS pixels per inch
+MAX_PAGE_ROWS = 500  # a table longer than this is cut on the page (never in tables/): the page stays light
+PAPER_STYLE = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 9}  # TrueType in the PDFs, as journals ask
+
+
+def write_report(table: pa.Table, out_dir: Path, title: str | None = None) -> list[Path]:
+    """Write the report of one results table under `out_dir`; return every file written, report.html first.
+
+    Works on partial and failing runs: failed and pending rows are counted and listed, never aggregated, and
+    a figure whose inputs the run lacks is replaced by a note saying which.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
+    frame, info = to_frame(table), run_info(table)
+    stats = aggregate(frame)
+    figures_html, figure_paths = _figures(frame, stats, out_dir / "figures")
+    tables = {
+        "summary": summary(stats),
+        "ranking": ranking_table(stats),
+        **{name: recovery_table(stats, metric) for name, metric in RECOVERY_TABLES.items()},
+        "failed": failed_table(frame),
+    }
+    table_paths = [p for name, t in tables.items() if len(t) for p in write_table(t, out_dir / "tables", name)]
+    stats.to_csv(out_dir / "tables" / "aggregate.csv", index=False)
+    title = title or (info.get("grid") or {}).get("name") or out_dir.parent.name
+    body = [
+        f"<h1>cvmf-ray report: {html.escape(title)}</h1>",
+        _glance(frame, stats),
+        _identity(frame, info),
+        "<h2>Figures</h2>",
+        figures_html,
+        _tables_html(tables),
+    ]
+    page = out_dir / "report.html"
+    page.write_text(
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n",
+        encoding="utf-8",
+    )
+    written = [page, *figure_paths, *table_paths, out_dir / "tables" / "aggregate.csv"]
+    _remove_stale(out_dir, written)
+    return written
+
+
+def _remove_stale(out_dir: Path, written: list[Path]) -> None:
+    """Delete what an earlier report left in figures/ and tables/ that this one did not write (a failed.csv
+    from before the failures were rerun, a figure whose inputs are gone): the folder is this report only."""
+    for stale in [*out_dir.glob("figures/*"), *out_dir.glob("tables/*")]:
+        if stale.suffix in (".png", ".pdf", ".csv", ".md", ".tex") and stale not in written:
+            stale.unlink()
+
+
+def _figures(frame: pd.DataFrame, stats: pd.DataFrame, folder: Path) -> tuple[str, list[Path]]:
+    """Every plot for every (model, dataset) with ok rows, as HTML with the figure files it wrote."""
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return '<p class="note">No evaluated model finished: nothing to draw.</p>', []
+    folder.mkdir(parents=True, exist_ok=True)
+    methods, quants = list(frame["method"].cat.categories), list(frame["quant"].cat.categories)
+    colors = method_colors(methods)
+    parts, paths = [], []
+    for (model, dataset), rows in ok.groupby(["model", "dataset"], sort=True):
+        data = Slice(rows, stats[(stats["model"] == model) & (stats["dataset"] == dataset)], methods, quants, colors)
+        parts.append(f"<h3>{html.escape(model)} on {html.escape(dataset)}</h3>")
+        for plot in PLOTS:
+            part, written = _figure(plot, data, folder / f"{plot.name}-{model}-{dataset}")
+            parts.append(part)
+            paths += written
+    return "\n".join(parts), paths
+
+
+def _figure(plot: Plot, data: Slice, stem: Path) -> tuple[str, list[Path]]:
+    """Draw one plot to `stem`.png + .pdf and embed the PNG as a data URI; or the note saying why not."""
+    with matplotlib.rc_context(PAPER_STYLE):
+        try:
+            fig = plot.draw(data)
+        except Skipped as why:
+            return f'<p class="note"><b>{html.escape(plot.title)}</b>: not drawn, {html.escape(str(why))}.</p>', []
+        png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+        fig.savefig(png, dpi=PNG_DPI)
+        fig.set_layout_engine("none")  # keep the layout the PNG computed: the PDF gets the same one, ~10% sooner
+        fig.savefig(pdf, metadata={"CreationDate": None})  # no timestamp: the same run gives the same file
+    width = round(fig.get_figwidth() * CSS_DPI)  # shown at its printed size, sharp on dense screens
+    uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    part = (
+        f'<figure><img src="{uri}" width="{width}" alt="{html.escape(plot.title)}">'
+        f"<figcaption><b>{html.escape(plot.title)}</b> — {html.escape(plot.caption)} "
+        f"(figures/{html.escape(pdf.name)})</figcaption></figure>"
+    )
+    return part, [png, pdf]
+
+
+def _glance(frame: pd.DataFrame, stats: pd.DataFrame) -> str:
+    """The answer in a few sentences: cell outcome, the method closest to retrain, what quantization did."""
+    counts = frame["status"].value_counts()
+    lines = [
+        f"{len(frame)} evaluated models: <span class=ok>{counts.get('ok', 0)} ok</span>, "
+        f"<span class=bad>{counts.get('failed', 0)} failed</span>, {counts.get('pending', 0)} pending."
+    ]
+    ranked = ranking(stats)
+    unlearnt = ranked[(ranked["quant"] == "fp32") & (ranked["method"] != "original")]  # original: nothing unlearnt
+    for (model, dataset), best in unlearnt.groupby(["model", "dataset"]):
+        top = best.iloc[0]
+        lines.append(
+            f"{html.escape(model)} on {html.escape(dataset)}: closest to retrain at fp32 is "
+            f"<b>{html.escape(top['method'])}</b>, gap "
+            f"{estimate(top['mean'], top['ci_low'], top['ci_high'], top['n'])}."
+        )
+    recovery = stats[(stats["metric"] == "recovery_forget_train_accuracy") & (stats["quant"] != "fp32")]
+    if len(recovery):
+        largest = recovery.loc[recovery["mean"].abs().idxmax()]
+        with_interval = recovery["ci_low"].notna().sum()
+        significance = (
+            f"{excludes_zero(recovery).sum()} of the {with_interval} method × mode cells with an interval exclude 0."
+            if with_interval
+            else "no cell has an interval: one run each (add seeds or forget sets)."
+        )
+        lines.append(
+            f"Quantization: the largest mean change of forget-train accuracy is "
+            f"{estimate(largest['mean'], largest['ci_low'], largest['ci_high'], largest['n'])} "
+            f"({html.escape(largest['method'])} at {html.escape(largest['quant'])}; positive = forgetting undone); "
+            f"{significance}"
+        )
+    return "<h2>At a glance</h2><ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>"
+
+
+def _identity(frame: pd.DataFrame, info: dict) -> str:
+    """Grid, package versions, hardware and wall time from the run's metadata, or what the rows tell."""
+    grid = info.get("grid") or {
+        "models": list(dict.fromkeys(frame["model"])),
+        "datasets": list(dict.fromkeys(frame["dataset"])),
+        "methods": list(frame["method"].cat.categories),
+        "quant": list(frame["quant"].cat.categories),
+        "seeds": sorted(set(frame["seed"])),
+        "forget sets": list(dict.fromkeys(frame["forget"])),
+        "note": "this results.parquet records no grid: the one above is read from its rows",
+    }
+    environment = {
+        "versions": ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items()),
+        "hardware": ", ".join(f"{k}: {_plain(v)}" for k, v in (info.get("hardware") or {}).items()),
+        "started": info.get("started"),
+        "finished": info.get("finished"),
+        "wall time": f"{info['wall_seconds']:.1f} s" if "wall_seconds" in info else None,
+        "grid digest": info.get("grid_digest"),
+    }
+    environment = {k: v or "not recorded" for k, v in environment.items()}
+    parts = ["<h2>Run</h2>", "<h3>Grid</h3>", _definitions(grid), "<h3>Where and when</h3>", _definitions(environment)]
+    if info.get("counts"):
+        counts = pd.DataFrame(info["counts"]).T.reindex(columns=["done", "failed", "pending"]).fillna(0).astype(int)
+        parts += ["<h3>Cells per stage</h3>", counts.rename_axis("stage").reset_index().to_html(index=False, border=0)]
+    return "\n".join(parts)
+
+
+def _definitions(items: dict) -> str:
+    rows = [f"<tr><th>{html.escape(k)}</th><td>{html.escape(_plain(v))}</td></tr>" for k, v in items.items()]
+    return f'<table class="identity">{"".join(rows)}</table>'
+
+
+def _plain(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
+
+
+HEADS = {
+    "summary": f"Summary per model, dataset, method and quant mode ({ESTIMATE_NOTE})",
+    "ranking": "Methods ranked by gap to retrain, per quant mode (retrain itself, gap 0, left out)",
+    "recovery_forget_acc": "Recovery of forget-train accuracy (quantized − fp32 parent; + = forgetting undone)",
+    "recovery_mia_eff": "Recovery of MIA efficacy (fp32 parent − quantized; + = forgetting undone)",
+}
+
+
+def _tables_html(tables: dict[str, pd.DataFrame]) -> str:
+    """The tables section, then the failed and pending cells with their reasons in a section of their own."""
+    parts = ["<h2>Tables</h2>"]
+    parts += [_table_html(tables[name], name, f"<h3>{html.escape(head)}</h3>") for name, head in HEADS.items()]
+    parts.append("<h2>Failed and pending cells</h2>")
+    failed = tables["failed"]
+    parts.append(_table_html(failed, "failed", "") if len(failed) else '<p class="note">None: every cell ran.</p>')
+    return "\n".join(parts)
+
+
+def _table_html(table: pd.DataFrame, name: str, head: str) -> str:
+    if not len(table):
+        return head + '<p class="note">Nothing to show in this run.</p>'
+    view, same = drop_constant(table, ["model", "dataset"])
+    files = f"tables/{name}.csv, .md, .tex" + (f"; {same}" if same else "")
+    if len(view) > MAX_PAGE_ROWS:
+        files += f"; the first {MAX_PAGE_ROWS} of {len(view)} rows (all of them in the files)"
+        view = view.head(MAX_PAGE_ROWS)
+    body = view.to_html(index=False, border=0, na_rep="-", escape=True, classes=name)
+    return f'{head}<p class="note">{html.escape(files)}</p><div class="scroll">{body}</div>'
