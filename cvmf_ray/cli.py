@@ -181,10 +181,8 @@ def status(run_dir: Annotated[str, typer.Argument(help="A run directory (RESULTS
     run's lock: it works while a grid runs)."""
     from cvmf_ray.driver import read_grid
     from cvmf_ray.grid import STAGES
-    from cvmf_ray.store import RunStore
 
-    store = RunStore(run_dir)
-    store.probe_readable()
+    store = _readable_run(run_dir)
     grid = read_grid(store)
     listing = store.listing()
     echo(f"{'stage':10}{'done':>6}{'failed':>8}{'pending':>9}")
@@ -201,60 +199,78 @@ class Format(str, Enum):
     json = "json"
 
 
-TABLE_COLUMNS = (
-    ("method", "method"),
-    ("quant", "quant"),
-    ("forget", "forget"),
-    ("test_accuracy", "test"),
-    ("forget_train_accuracy", "forget"),
-    ("retain_train_accuracy", "retain"),
-    ("mia_efficacy", "mia_eff"),
-    ("gap_to_retrain", "gap"),
-    ("recovery_forget_train_accuracy", "recov"),
-    ("status", "status"),
-)
-
-
 @app.command()
 def results(
     run_dir: Annotated[str, typer.Argument(help="A run directory (RESULTS_DIR/NAME) or URI.")],
     format: Annotated[Format, typer.Option(help="table (a readable summary), csv or json (every column).")] = (
         Format.table
     ),
+    aggregate: Annotated[
+        bool, typer.Option(help="Mean ± 95% CI over seeds and forget sets per (model, dataset, method, quant).")
+    ] = False,
 ) -> None:
     """Print a run's results table (rebuilt from the run's files when results.parquet is damaged)."""
-    from cvmf_ray.driver import read_table
+    store = _readable_run(run_dir)
+    table = _read_table(store)
+    if aggregate:
+        from cvmf_ray.report import aggregate as aggregated
+        from cvmf_ray.report import format_aggregate
+
+        stats = aggregated(table)
+        if format is Format.table:
+            echo(format_aggregate(stats))
+        else:
+            _print_records(stats.to_dict("records"), list(stats.columns), format)
+    elif format is Format.table:
+        from cvmf_ray.report import format_rows
+
+        echo(format_rows(table))
+    else:
+        _print_records(table.to_pylist(), table.column_names, format)
+
+
+def _print_records(records: list[dict], columns: list[str], format: Format) -> None:
+    if format is Format.json:
+        echo(json.dumps(records, indent=1, default=str))
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[str, typer.Argument(help="A run directory (RESULTS_DIR/NAME) or URI.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for report.html, figures/ and tables/ (default RUN_DIR/report).")
+    ] = None,
+) -> None:
+    """Write report.html (self-contained), figures (PNG + PDF) and tables (CSV, Markdown, LaTeX) from a run's
+    results.parquet: means with 95% intervals over seeds and forget sets, recovery heatmaps, per-class views.
+
+    Example: cvmf-ray report results/default && open results/default/report/report.html
+    """
+    store = _readable_run(run_dir)
+    if out is None and store.fs.type_name != "local":
+        raise UsageError(f"{run_dir!r} is not a local folder: give --out DIR for the report")
+    from cvmf_ray.report import write_report
+
+    files = write_report(_read_table(store), out or Path(store.path("report")), title=run_dir)
+    echo(f"wrote {files[0]} and {len(files) - 1} figure and table files")
+
+
+def _readable_run(run_dir: str):
     from cvmf_ray.store import RunStore
 
     store = RunStore(run_dir)
     store.probe_readable()
-    table = read_table(store, lambda message: print(message, file=sys.stderr))
-    rows = table.to_pylist()
-    if format is Format.json:
-        echo(json.dumps(rows, indent=1))
-    elif format is Format.csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=table.column_names)
-        writer.writeheader()
-        writer.writerows(rows)
-    else:
-        _print_table(rows)
+    return store
 
 
-def _print_table(rows: list[dict]) -> None:
-    header = [label for _, label in TABLE_COLUMNS]
-    lines = [header]
-    for row in rows:
-        forget = f"class {row['forget_class']}" if row["forget_class"] is not None else f"{row['forget_fraction']:.0%}"
-        cells = []
-        for column, _ in TABLE_COLUMNS:
-            value = forget if column == "forget" else row[column]
-            cells.append(f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value)))
-        lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
-    models = sorted({(r["model"], r["dataset"], r["seed"]) for r in rows})
-    echo(f"{len(rows)} rows; " + "; ".join(f"{m} on {d}, seed {s}" for m, d, s in models))
+def _read_table(store):
+    from cvmf_ray.driver import read_table
+
+    return read_table(store, lambda message: print(message, file=sys.stderr))
 
 
 class Registry(str, Enum):

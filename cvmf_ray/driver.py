@@ -22,9 +22,10 @@ from cvmf_ray.config import GridConfig
 from cvmf_ray.errors import Interrupted, UsageError
 from cvmf_ray.grid import Grid
 from cvmf_ray.progress import Progress
-from cvmf_ray.results import RUN_METADATA, assemble, evaluation_row, failed_row, rows_from_table, run_info
+from cvmf_ray.results import assemble, evaluation_row, failed_row, rows_from_table, run_info
 from cvmf_ray.runner import DagSearcher, RunStopped, StopSignal, connect, fit
 from cvmf_ray.scheduler import BLOCKED, DONE, FAILED, Scheduler
+from cvmf_ray.schema import RUN_METADATA
 from cvmf_ray.store import CorruptArtifact, RunStore
 
 READERS = 16  # parallel storage reads when rows must be recovered file by file (latency, not bandwidth)
@@ -150,7 +151,7 @@ def _recover(store: RunStore, grid: Grid, keys: list[str], into: dict, stage: st
 
 def _sync_evaluations(store: RunStore, table: pa.Table) -> None:
     """evaluations/ holds one JSON per ok row of the table, and nothing else."""
-    from cvmf_ray.results import OWN_COLUMNS
+    from cvmf_ray.schema import OWN_COLUMNS
 
     ok = {row["key"]: row for row in table.select(OWN_COLUMNS).to_pylist() if row["status"] == "ok"}
     present = {name[: -len(".json")] for name in store.list_names("evaluations") if name.endswith(".json")}

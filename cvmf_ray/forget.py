@@ -14,8 +14,7 @@ import torch
 
 from cvmf_ray.datasets import ImageData
 from cvmf_ray.errors import CellError
-
-SPLITS = ("test", "forget_test", "retain_test", "forget_train", "retain_train")
+from cvmf_ray.schema import SPLITS  # noqa: F401  (the evaluation splits, named where the table is described)
 
 
 @dataclass(frozen=True)

@@ -20,58 +20,10 @@ from datetime import datetime
 
 import pyarrow as pa
 
-from cvmf_ray.forget import SPLITS, ForgetSpec
+from cvmf_ray.forget import ForgetSpec
 from cvmf_ray.grid import Cell, Grid
 from cvmf_ray.quant import QUANT_MODES
-
-METRICS = ("accuracy", "precision", "recall", "f1", "loss")
-PRIVACY = ("mia_efficacy", "mia_forget_auc", "mia_seed_lr_accuracy", "mia_retain_auc")
-GAP_METRICS = ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy", "mia_efficacy")
-COSTS = ("train_seconds", "unlearn_seconds", "quantize_seconds", "eval_seconds")
-MECHANISM = ("quant_update_ratio", "quant_snapped_back", "quant_update_to_step")
-COMPARISONS = ("js_to_retrain_forget_train", "js_to_retrain_test", "kl_to_retrain_forget_train",
-               "kl_to_retrain_test", "privacy_score", "forgetting_quality", "forgetting_quality_models")  # fmt: skip
-RUN_METADATA = b"cvmf_ray.run"
-
-IDENTITY = [
-    ("key", pa.string()),
-    ("parent_key", pa.string()),
-    ("model", pa.string()),
-    ("dataset", pa.string()),
-    ("seed", pa.int64()),
-    ("forget_class", pa.int64()),
-    ("forget_fraction", pa.float64()),
-    ("method", pa.string()),
-    ("quant", pa.string()),
-    ("status", pa.string()),  # ok | failed | pending (never ran: the run was interrupted)
-    ("error", pa.string()),
-]
-OWN = [
-    *[(f"{s}_{m}", pa.float64()) for s in SPLITS for m in METRICS],
-    *[(name, pa.float64()) for name in PRIVACY],
-    ("test_class_accuracy", pa.list_(pa.float64())),
-    ("train_class_accuracy", pa.list_(pa.float64())),
-    *[(name, pa.float64()) for name in MECHANISM],
-    ("quant_update_per_layer", pa.string()),  # JSON {layer: update rms / the mode's step there}
-    ("relearn_steps", pa.int64()),
-    ("relearn_seconds", pa.float64()),
-    *[(name, pa.float64()) for name in COSTS],
-    ("model_bytes", pa.int64()),
-    ("method_params", pa.string()),  # JSON of the resolved hyperparameters
-]
-DERIVED = [
-    ("gap_to_retrain", pa.float64()),
-    ("recovery_forget_train_accuracy", pa.float64()),
-    ("recovery_mia_efficacy", pa.float64()),
-    ("speedup_over_retrain", pa.float64()),
-]
-COMPARED = [
-    *[(name, pa.int64() if name.endswith("_models") else pa.float64()) for name in COMPARISONS],
-    ("compare_key", pa.string()),  # the compare cell the comparison columns come from
-]
-SCHEMA = pa.schema([*IDENTITY, *OWN, *DERIVED, *COMPARED])
-OWN_COLUMNS = [name for name, _ in (*IDENTITY, *OWN)]
-TIMING_COLUMNS = (*COSTS, "speedup_over_retrain", "relearn_seconds")  # the columns that differ between reruns
+from cvmf_ray.schema import COMPARED, GAP_METRICS, MECHANISM, OWN_COLUMNS, RUN_METADATA, SCHEMA, quant_order
 
 
 def identity(cell: Cell) -> dict:
@@ -87,6 +39,7 @@ def identity(cell: Cell) -> dict:
         "forget_fraction": forget.forget_fraction,
         "method": p["method"],
         "quant": p["quant"],
+        "weight_bits": QUANT_MODES.get(p["quant"]).weight_bits if p["quant"] in QUANT_MODES else None,
     }
 
 
@@ -130,17 +83,12 @@ def assemble(grid: Grid, rows: dict[str, dict], comparisons: dict[str, dict], ru
                 by_key[key].update({**found["rows"][key], **found.get("group", {}), "compare_key": cell.key})
     _derive(table)
     methods = list(dict.fromkeys(c.params["method"] for c in grid.stage("evaluate")))
+    quants = quant_order({row["quant"]: row["weight_bits"] for row in table})
     table.sort(key=lambda r: (r["model"], r["dataset"], r["seed"], _forget_order(r), methods.index(r["method"]),
-                              quant_order(r["quant"])))  # fmt: skip
+                              quants.index(r["quant"])))  # fmt: skip
     cleaned = [{name: _clean(row.get(name)) for name in SCHEMA.names} for row in table]
     metadata = {RUN_METADATA: json.dumps(run_info, default=str).encode()}
     return pa.Table.from_pylist(cleaned, schema=SCHEMA.with_metadata(metadata))
-
-
-def quant_order(name: str) -> tuple:
-    """Quant modes by bits per weight, widest first (fp32, 16-bit, 8-bit, 4-bit); plug-ins last."""
-    bits = QUANT_MODES.get(name).weight_bits if name in QUANT_MODES else 0
-    return (-bits, name)
 
 
 def _forget_order(row: dict) -> tuple:

@@ -28,7 +28,7 @@ from cvmf_ray.datasets import DATASETS
 from cvmf_ray.forget import ForgetSpec, forget_mask, split_data
 from cvmf_ray.methods import METHODS
 from cvmf_ray.models import create_model
-from cvmf_ray.results import GAP_METRICS
+from cvmf_ray.schema import GAP_METRICS
 from cvmf_ray.stages import evaluate, train, unlearn
 
 

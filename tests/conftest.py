@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cvmf_ray.cli import run_cli
-from cvmf_ray.results import TIMING_COLUMNS
+from cvmf_ray.schema import TIMING_COLUMNS
 
 FAST = ["--epochs", "6"]  # the default grid, fewer epochs: every test that compares tables uses these
 

@@ -18,7 +18,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from cvmf_ray.results import SCHEMA
+from cvmf_ray.schema import SCHEMA
 
 METHODS = [
     "original",

@@ -9,7 +9,7 @@ import textwrap
 
 import pyarrow.parquet as pq
 
-from cvmf_ray.results import OWN_COLUMNS
+from cvmf_ray.schema import OWN_COLUMNS
 from tests.conftest import FAST, comparable, kill_session, metas, start_driver, wait_for
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from cvmf_ray.schema import IDENTITY_COLUMNS, RUN_METADATA, quant_order
+
 GROUP = ["model", "dataset", "method", "quant"]  # one aggregated row per group, over seeds x forget sets
-IDENTITY = ["key", "parent_key", "model", "dataset", "seed", "forget_class", "forget_fraction", "method", "quant"]
-NOT_METRICS = {*IDENTITY, "status", "error", "method_params", "forget", "weight_bits"}
-RUN_METADATA_KEY = b"cvmf_ray.run"
+NOT_METRICS = {*IDENTITY_COLUMNS, "method_params", "forget", "compare_key", "quant_update_per_layer"}
 
 
 def weight_bits(quants) -> dict[str, float]:
@@ -26,14 +26,9 @@ def weight_bits(quants) -> dict[str, float]:
     return {q: QUANT_MODES.get(q).weight_bits if q in QUANT_MODES else np.nan for q in quants}
 
 
-def quant_order(bits: dict[str, float]) -> list[str]:
-    """Widest first, equal widths by name, unknown widths (NaN) last by name."""
-    return sorted(bits, key=lambda q: (np.isnan(bits[q]), -np.nan_to_num(bits[q]), q))
-
-
 def run_info(table: pa.Table) -> dict:
     """The run's identity from the Parquet metadata (`cvmf_ray.run`); {} for runs written before it existed."""
-    raw = (table.schema.metadata or {}).get(RUN_METADATA_KEY)
+    raw = (table.schema.metadata or {}).get(RUN_METADATA)
     return json.loads(raw) if raw else {}
 
 
