@@ -128,10 +128,10 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
     from cvmf_ray import driver
     from cvmf_ray.datasets import DATASETS
     from cvmf_ray.lock import RunLock
-    from cvmf_ray.runner import RunStopped, StopSignal, check_local_resources
+    from cvmf_ray.runner import RunStopped, Signals, StopSignal, check_local_resources
     from cvmf_ray.store import RunStore, StorageFull
 
-    driver.install_interrupt_handlers()
+    Signals.install()
     store = RunStore(f"{cfg.results_dir.rstrip('/')}/{cfg.name}")
     check_local_resources(cfg)
     for dataset in cfg.datasets:
@@ -148,11 +148,14 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
     try:
         outcome = driver.run(cfg, expanded, store, echo, verbose, stop)
     except Interrupted as err:
-        name = signal.Signals(err.signum).name
-        print(f"interrupted by {name}: every finished cell is kept; run the same command to resume", file=sys.stderr)
+        kept = getattr(err, "summary", "every finished cell is kept")
+        print(
+            f"interrupted by {signal.Signals(err.signum).name}: {kept}; run the same command to resume", file=sys.stderr
+        )
         return 128 + err.signum
     except (StorageFull, RunStopped) as err:
-        echo(f"error: {err}; nothing partial was written: fix that and rerun the same command to resume")
+        kept = getattr(err, "summary", "nothing partial was written")
+        echo(f"error: {err}; {kept}: fix that and rerun the same command to resume")
         return 1
     finally:
         lock.release()

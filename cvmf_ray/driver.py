@@ -10,7 +10,6 @@ With nothing to run and a table of this very grid, an invocation lists and exits
 
 from __future__ import annotations
 
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from cvmf_ray.errors import Interrupted, UsageError
 from cvmf_ray.grid import Grid
 from cvmf_ray.progress import Progress
 from cvmf_ray.results import assemble, evaluation_row, failed_row, rows_from_table, run_info
-from cvmf_ray.runner import DagSearcher, RunStopped, StopSignal, connect, fit
+from cvmf_ray.runner import DagSearcher, RunStopped, Signals, StopSignal, connect, fit
 from cvmf_ray.scheduler import BLOCKED, DONE, FAILED, Scheduler
 from cvmf_ray.schema import RUN_METADATA
 from cvmf_ray.store import CorruptArtifact, RunStore
@@ -35,16 +34,6 @@ READERS = 16  # parallel storage reads when rows must be recovered file by file 
 class Outcome:
     table: pa.Table
     ran: bool  # whether any cell was run in this invocation
-
-
-def raise_interrupted(signum, frame) -> None:
-    raise Interrupted(signum)
-
-
-def install_interrupt_handlers() -> None:
-    """Ctrl-C and SIGTERM leave Tune's loop at once (Ray's own SIGTERM handler, set by ray.init, is replaced)."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, raise_interrupted)
 
 
 def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = False, stop: StopSignal | None = None
@@ -63,19 +52,22 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
         missing = [c.key for c in grid.stage(stage) if c.key in done and c.key not in into]
         done -= _recover(store, grid, missing, into, stage)
     scheduler = Scheduler(grid, done)
+    before = len(done)
     searcher, stopped = None, None
     if not scheduler.finished:
         counts = ", ".join(f"{n} {stage}" for stage, n in grid.counts().items() if n)
         log(f"run {store.uri}: {counts} cells; {len(grid.cells) - len(done)} to run")
         progress = Progress(scheduler.counts, verbose, log)
         try:
-            plan = connect(config, verbose)
-            install_interrupt_handlers()
-            try:
-                searcher = DagSearcher(scheduler, plan, store, progress, stop or StopSignal())
-                fit(config, grid, store, searcher, plan)
-            finally:
-                ray.shutdown()
+            with Signals.deferring():
+                plan = connect(config, verbose)
+                Signals.install()  # again: ray.init replaced the SIGTERM handler with its own
+                try:
+                    Signals.raise_received()
+                    searcher = DagSearcher(scheduler, plan, store, progress, stop or StopSignal())
+                    fit(config, grid, store, searcher, plan)
+                finally:
+                    ray.shutdown()
         except (Interrupted, RunStopped) as err:
             stopped = err
         finally:
@@ -86,6 +78,10 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
     _sync_evaluations(store, table)
     store.write_parquet(table, "results.parquet")
     if stopped is not None:
+        finished = sum(1 for state in scheduler.state.values() if state == DONE)
+        stopped.summary = (
+            f"{finished} of {len(grid.cells)} cells are finished and kept, {finished - before} of them new"
+        )
         raise stopped
     return Outcome(table, ran=searcher is not None)
 

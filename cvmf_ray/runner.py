@@ -16,10 +16,12 @@ reads artifact bytes: they travel between trials through node-local object-store
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 from collections import defaultdict
@@ -31,7 +33,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from cvmf_ray.config import GridConfig
-from cvmf_ray.errors import UsageError
+from cvmf_ray.errors import Interrupted, UsageError
 from cvmf_ray.grid import Grid
 from cvmf_ray.progress import Progress
 from cvmf_ray.scheduler import RUNNING, Scheduler, is_solo
@@ -45,6 +47,43 @@ CACHE_SHARE = 0.5  # of a node's object store that its artifact cache may hold
 EXPERIMENT = "dag"  # Tune's experiment name under RUN_DIR/tune
 
 Log = Callable[[str], None]
+
+
+class Signals:
+    """Ctrl-C and SIGTERM. Outside Tune's loop the handler raises `Interrupted` at once. Inside it, where the
+    main thread mostly waits in Ray's Cython code (an exception raised there surfaces as a SystemError), the
+    signal is noted and `RunControl` raises it between two steps of the loop (at most 0.1 s later); a second
+    signal raises at once."""
+
+    received: int | None = None
+    deferred = False
+
+    @classmethod
+    def install(cls) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, cls._handle)
+
+    @classmethod
+    def _handle(cls, signum, frame) -> None:
+        if cls.deferred and cls.received is None:
+            cls.received = signum
+            return
+        raise Interrupted(signum)
+
+    @classmethod
+    def raise_received(cls) -> None:
+        if cls.received is not None:
+            raise Interrupted(cls.received)
+
+    @classmethod
+    @contextlib.contextmanager
+    def deferring(cls):
+        """Note signals instead of raising them while Ray's own code runs in the main thread."""
+        cls.deferred = True
+        try:
+            yield
+        finally:
+            cls.deferred = False
 
 
 class RunStopped(Exception):
@@ -289,6 +328,7 @@ class RunControl(tune.Stopper, tune.Callback):
         return self.searcher.stop.reason is not None
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        Signals.raise_received()
         self.searcher.progress.tick()
 
 
@@ -322,6 +362,7 @@ def fit(config: GridConfig, grid: Grid, store: RunStore, searcher: DagSearcher, 
     )
     with _no_result_files():
         tuner.fit()
+    Signals.raise_received()
     if searcher.stop.reason is not None:
         raise RunStopped(searcher.stop.reason)
 
