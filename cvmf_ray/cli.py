@@ -129,10 +129,10 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
     from cvmf_ray.datasets import DATASETS
     from cvmf_ray.lock import RunLock
     from cvmf_ray.runner import RunStopped, Signals, StopSignal, check_local_resources
-    from cvmf_ray.store import RunStore, StorageFull
+    from cvmf_ray.store import RunStore, StorageFull, run_location
 
     Signals.install()
-    store = RunStore(f"{cfg.results_dir.rstrip('/')}/{cfg.name}")
+    store = RunStore(run_location(cfg.results_dir, cfg.name))
     check_local_resources(cfg)
     for dataset in cfg.datasets:
         DATASETS.get(dataset).check_available(cfg.data_root)
@@ -163,7 +163,7 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
     failed = [r for r in rows if r["status"] != "ok"]
     echo(
         f"finished in {time.perf_counter() - started:.1f} s: {len(rows) - len(failed)} of {len(rows)} evaluations ok"
-        f" -> {store.path('results.parquet')}"
+        f" -> {store.display('results.parquet')}"
     )
     for row in failed[:10]:
         echo(f"  failed: {row['method']}/{row['quant']} ({row['key']}): {row['error']}")

@@ -43,7 +43,7 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
     previous = _previous_table(store, log)
     done = listing.done & grid.cells.keys()
     if len(done) == len(grid.cells) and _describes(previous, grid):
-        log(f"run {store.uri}: all {len(grid.cells)} cells are finished; nothing to run")
+        log(f"run {store.display()}: all {len(grid.cells)} cells are finished; nothing to run")
         return Outcome(previous, ran=False)
     store.remove_stale_temporaries()
     store.write_json(grid.to_json(), "grid.json")
@@ -56,7 +56,7 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
     searcher, stopped = None, None
     if not scheduler.finished:
         counts = ", ".join(f"{n} {stage}" for stage, n in grid.counts().items() if n)
-        log(f"run {store.uri}: {counts} cells; {len(grid.cells) - len(done)} to run")
+        log(f"run {store.display()}: {counts} cells; {len(grid.cells) - len(done)} to run")
         progress = Progress(scheduler.counts, verbose, log)
         try:
             with Signals.deferring():

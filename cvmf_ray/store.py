@@ -68,6 +68,16 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         raise UsageError(f"results location {uri!r} cannot be opened: {_first_line(err)}") from None
 
 
+def run_location(results_dir: str, name: str) -> str:
+    """RESULTS_DIR/NAME, for a path or a URI whose query (s3://b/p?endpoint_override=...) must stay at the end."""
+    if not results_dir.strip():
+        raise UsageError("results location '' is empty: give a folder or a URI such as s3://bucket/prefix")
+    if "://" not in results_dir:
+        return f"{results_dir.rstrip('/')}/{name}"
+    parsed = urlparse(results_dir)
+    return parsed._replace(path=f"{parsed.path.rstrip('/')}/{name}").geturl()
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -138,10 +148,15 @@ class RunStore:
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 
+    def display(self, *parts: str) -> str:
+        """Where a file is, for a person: a local path, or scheme://bucket/key on an object store."""
+        where = self.path(*parts)
+        return where if self.fs.type_name == "local" else f"{self.fs.type_name}://{where}"
+
     @property
-    def tune_uri(self) -> str:
-        """Ray Tune's storage_path: a plain path locally, the URI otherwise."""
-        return self.path("tune") if self.fs.type_name == "local" else self.uri.rstrip("/") + "/tune"
+    def tune_storage(self) -> tuple[str, pafs.FileSystem | None]:
+        """Ray Tune's storage_path and storage_filesystem: this run's tune/ folder, on this run's filesystem."""
+        return self.path("tune"), None if self.fs.type_name == "local" else self.fs
 
     # ---- raw files
     def exists(self) -> bool:

@@ -17,6 +17,7 @@ from cvmf_ray.cli import run_cli
 from cvmf_ray.schema import TIMING_COLUMNS
 
 FAST = ["--epochs", "6"]  # the default grid, fewer epochs: every test that compares tables uses these
+TRAIN_ONLY = ["--methods", "original", "--quant", "fp32", "--epochs", "60"]  # one long training cell
 
 
 @pytest.fixture
@@ -37,6 +38,18 @@ def default_run(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("reference")
     assert run_cli(["grid", "--results-dir", str(results), *FAST]) == 0
     return results / "default"
+
+
+@pytest.fixture(scope="session")
+def long_training_reference(tmp_path_factory) -> Path:
+    """One uninterrupted run of a single long training cell: what every interrupted training must reproduce."""
+    results = tmp_path_factory.mktemp("long")
+    assert run_cli(["grid", "--results-dir", str(results), *TRAIN_ONLY]) == 0
+    return results / "default"
+
+
+def train_checkpoints(run_dir: Path) -> list[Path]:
+    return list((run_dir / "checkpoints").glob("*/epoch-*.pt"))
 
 
 @pytest.fixture

@@ -9,31 +9,15 @@ import json
 import subprocess
 
 import pyarrow.parquet as pq
-import pytest
 import torch
 
 from cvmf_ray.store import RunStore
-from tests.conftest import FAST, comparable, kill_session, metas, start_driver, wait_for
-
-TRAIN_ONLY = ["--methods", "original", "--quant", "fp32", "--epochs", "60"]
-
-
-def train_checkpoints(run) -> list:
-    return list((run / "checkpoints").glob("*/epoch-*.pt"))
+from tests.conftest import FAST, TRAIN_ONLY, comparable, kill_session, metas, start_driver, train_checkpoints, wait_for
 
 
 def processes(pattern: str) -> list[str]:
     listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return [line.split()[0] for line in listing.splitlines() if pattern in line]
-
-
-@pytest.fixture(scope="module")
-def long_training_reference(tmp_path_factory):
-    from cvmf_ray.cli import run_cli
-
-    results = tmp_path_factory.mktemp("long")
-    assert run_cli(["grid", "--results-dir", str(results), *TRAIN_ONLY]) == 0
-    return results / "default"
 
 
 def test_driver_killed_during_training_resumes_from_the_cells_epoch_checkpoint(long_training_reference, tmp_path, cli):
