@@ -10,6 +10,7 @@ thread is also several times faster than two.
 """
 
 import copy
+import sys
 import textwrap
 
 import pytest
@@ -175,10 +176,22 @@ def untouched(model, data, params):
 '''
 
 
+IMPORT_FAILURES = {  # modules whose import ends badly -> what the one line says
+    "exits_ok": "import sys\nsys.exit(0)\n",
+    "exits_3": "import sys\nsys.exit(3)\n",
+    "raises": "raise Exception('plug-in misconfigured')\n",
+    "raises_base": "class Fatal(BaseException):\n    pass\n\nraise Fatal('from a BaseException')\n",
+    "interrupted": "raise KeyboardInterrupt\n",
+}
+
+
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     (tmp_path / "my_unlearning.py").write_text(textwrap.dedent(PLUGIN))
     (tmp_path / "broken_unlearning.py").write_text("import no_such_package_anywhere\n")
+    for name, body in IMPORT_FAILURES.items():
+        (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
     monkeypatch.syspath_prepend(str(tmp_path))
     return "my_unlearning"
 
@@ -210,8 +223,22 @@ def test_dotted_path_plugin_runs_through_the_stage(original, digits, plugin):
         ("my_unlearning:", "not a dotted path"),
         (":ascend", "not a dotted path"),
         ("no_such_method", "unknown method 'no_such_method'"),
+        (
+            "exits_ok:fn",
+            r"cannot import module 'exits_ok' for method 'exits_ok:fn': it calls sys\.exit\(0\) on import$",
+        ),
+        ("exits_3:fn", r"cannot import module 'exits_3' for method 'exits_3:fn': it calls sys\.exit\(3\) on import$"),
+        ("raises:fn", "cannot import module 'raises' for method 'raises:fn': plug-in misconfigured$"),
+        ("raises_base:fn", "cannot import module 'raises_base' for method 'raises_base:fn': from a BaseException$"),
     ],
 )
 def test_bad_method_names_are_usage_errors(plugin, path, message):
     with pytest.raises(UsageError, match=message):
         resolve_method(path)
+    if path.partition(":")[0] in IMPORT_FAILURES:
+        assert path.partition(":")[0] not in sys.modules  # nothing half-imported stays behind
+
+
+def test_ctrl_c_during_a_plugin_import_still_interrupts(plugin):
+    with pytest.raises(KeyboardInterrupt):
+        resolve_method("interrupted:fn")

@@ -136,7 +136,13 @@ def resolve_method(name: str) -> Method:
         raise UsageError(f"method {name!r} is not a dotted path of the form 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # any failure while importing user code is the user's input to fix
+    except KeyboardInterrupt:  # Ctrl-C during a slow import still interrupts
+        raise
+    except SystemExit as err:  # user code must not end the grid, least of all with "success"
+        raise UsageError(
+            f"cannot import module {module_name!r} for method {name!r}: it calls sys.exit({err.code!r}) on import"
+        ) from None
+    except BaseException as err:  # any other failure while importing user code is the user's input to fix
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UsageError(f"cannot import module {module_name!r} for method {name!r}: {reason}") from None
     fn = getattr(module, attr, None)
