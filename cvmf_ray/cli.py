@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 
 from cvmf_ray.errors import Interrupted, UsageError
 
@@ -90,23 +89,27 @@ def grid(
 
     Rerunning the same command resumes: finished cells are never recomputed.
     Example: cvmf-ray grid --methods finetune,salun --quant fp32,int8 --forget-classes 0,3
+
+    Exit codes: 0 every cell ok; 1 some cells failed (the rest finished and were saved); 2 bad input
+    (nothing was run or written); 130 / 143 interrupted by Ctrl-C / SIGTERM (rerun to resume).
     """
     from cvmf_ray.config import load_config
     from cvmf_ray.grid import expand_grid
 
     cfg = load_config(
         config,
-        models=_names(models, "models"),
-        datasets=_names(datasets, "datasets"),
-        methods=_names(methods, "methods"),
-        quant=_names(quant, "quant"),
-        forget_classes=_forget_classes(forget_classes),
-        forget_fractions=_numbers(forget_fractions, float, "forget-fractions"),
-        seeds=_numbers(seeds, int, "seeds"),
+        models=models,
+        datasets=datasets,
+        methods=methods,
+        quant=quant,
+        forget_classes=forget_classes,
+        forget_fractions=forget_fractions,
+        seeds=seeds,
         epochs=epochs,
         unlearn_epochs=unlearn_epochs,
-        method_params=_method_params(method_params, config),
+        method_params=method_params or None,
         data_root=data_root,
+        compile=compile,
         gpus=gpus,
         cpus=cpus,
         gpus_per_trial=gpus_per_trial,
@@ -115,7 +118,6 @@ def grid(
         name=name,
         max_failures=max_failures,
         dashboard=dashboard or None,
-        **({"train": _train_with(config, compile=compile)} if compile is not None else {}),
     )
     expanded = expand_grid(cfg)
     if dry_run:
@@ -298,55 +300,40 @@ def list_names(what: Annotated[Registry, typer.Argument(help="models, datasets, 
         echo(entry)
 
 
-# ---------------------------------------------------------------- option parsing
+@app.command()
+def data(
+    data_root: Annotated[str | None, typer.Option(help="Dataset folder (default ~/.cache/cvmf-ray/data).")] = None,
+    prepare: Annotated[
+        str | None,
+        typer.Option(
+            help="First lay out this dataset from a local package: fashionmnist (Debian's dataset-fashion-mnist)."
+        ),
+    ] = None,
+) -> None:
+    """Which datasets are under the data root, and whether every file is intact.
 
+    One line per dataset: present (with the checks each file passed: structure, and the md5 where one is
+    published), missing (where the files go and how to get them) or damaged. Downloads nothing.
+    Exit codes: 0 no file damaged; 2 a damaged file (named on stderr) or bad input.
+    """
+    from cvmf_ray.config import GridConfig
+    from cvmf_ray.datasets import DATASETS
 
-def _names(value: str | None, option: str) -> list[str] | None:
-    if value is None:
-        return None
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    if not names:
-        raise UsageError(f"--{option} needs at least one name")
-    return names
-
-
-def _numbers(value: str | None, kind: type, option: str) -> list | None:
-    if value is None:
-        return None
-    try:
-        return [kind(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--{option} expects comma-separated {kind.__name__}s, got {value!r}") from None
-
-
-def _forget_classes(value: str | None):
-    return "all" if value is not None and value.strip() == "all" else _numbers(value, int, "forget-classes")
-
-
-def _method_params(values: list[str] | None, config: Path | None) -> dict | None:
-    """`salun.mask_ratio=0.5` -> {"salun": {"mask_ratio": 0.5}}, merged over the YAML file's method_params."""
-    if not values:
-        return None
-    merged = _yaml_value(config, "method_params") or {}
-    for item in values:
-        name, sep, raw = item.partition("=")
-        method, dot, param = name.rpartition(".")
-        if not (sep and dot and method and param):
-            raise UsageError(f"--method-params expects METHOD.NAME=VALUE, got {item!r}")
-        merged.setdefault(method, {})[param] = yaml.safe_load(raw)
-    return merged
-
-
-def _train_with(config: Path | None, **changes) -> dict:
-    return {**(_yaml_value(config, "train") or {}), **changes}
-
-
-def _yaml_value(config: Path | None, key: str):
-    if config is None:
-        return None
-    from cvmf_ray.config import _read_yaml
-
-    return _read_yaml(config).get(key)
+    root = Path(data_root or GridConfig.model_fields["data_root"].default).expanduser()
+    if prepare is not None:
+        spec = DATASETS.get(prepare)
+        if spec.prepare is None:
+            preparable = ", ".join(n for n in DATASETS.names() if DATASETS.get(n).prepare)
+            raise UsageError(f"--prepare: {prepare!r} has no local package to lay out from (only: {preparable})")
+        spec.prepare(root)
+    reports = [DATASETS.get(name).inspect(root) for name in DATASETS.names()]
+    for report in reports:
+        echo(f"{report.dataset:13}{report.state:9}{report.summary()}")
+    damaged = [r for r in reports if r.state == "damaged"]
+    if damaged:
+        raise UsageError(
+            damaged[0].defect() + (f" (and {len(damaged) - 1} more damaged datasets)" if damaged[1:] else "")
+        )
 
 
 def run_cli(argv: list[str] | None = None) -> int:

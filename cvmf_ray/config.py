@@ -1,71 +1,119 @@
-"""Grid configuration: built-in defaults < YAML file < command line, validated once at the boundary.
+"""Grid configuration: built-in defaults < YAML file < command line, parsed and validated once, here.
 
-Every mistake a user can make in a config (unknown key, wrong type, unknown name, class out of range)
-becomes one `UsageError` naming the bad value, before Ray starts or anything is written.
+The command line hands its option strings over unparsed (`--seeds 0,1`, `--method-params salun.lr=0.1`)
+and every value, from there or from a YAML file, is checked here before Ray starts or anything is
+written; each mistake is one `UsageError` naming the value or the file: unknown keys and names, wrong
+types, ranges (integers numpy and torch accept, finite floats), an entry listed twice in any list, forget
+sets that select no training image, config files that are not a YAML mapping or repeat a key, run names
+that are not one path component.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cvmf_ray.errors import UsageError
 
+MAX_SEED = 2**32 - 1  # numpy's RandomState, and so sklearn's random_state, takes 0..2**32-1
+MAX_COUNT = 2**31 - 1  # epochs, batch sizes, image counts: int32, which every torch size and derived seed fits
+INT64 = (-(2**63), 2**63 - 1)  # the widest integer a torch tensor holds: the bound on a plug-in's own integers
+
+# Value types shared with the methods' hyperparameters (cvmf_ray/methods/_common.py)
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]  # epochs, batch sizes, steps
+Index = Annotated[int, Field(ge=0, le=MAX_COUNT)]  # class indices, paddings, step numbers
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # learning rates, temperatures, bounds
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # loss weights
+Fraction = Annotated[float, Field(ge=0, le=1)]  # shares and mixing weights (NaN fails the bounds)
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+
 
 class TrainRecipe(BaseModel):
-    """How `original` and `retrain` models are trained (SGD + cosine annealing, the published recipes)."""
+    """How `original` and `retrain` models are trained. The built-in values are the published recipe of the
+    Machine-Unlearning-Comparator's ResNet-18 model cards (CIFAR-10 95.4%, Fashion-MNIST 95.39% test
+    accuracy): 200 epochs of SGD lr 0.1, momentum 0.9, Nesterov, weight decay 5e-4, cosine-annealed, batch
+    128, random crop (padding 4) and horizontal flip, in fp32 (its code has no autocast).
 
-    model_config = ConfigDict(extra="forbid")
+    A dataset changes what it must (`DatasetSpec.train_recipe`: `digits` has its own recipe, Fashion-MNIST
+    clips gradients at 0.5 as published); the fields a YAML `train:` block sets override both, and
+    `--epochs` overrides the length (the cosine schedule anneals over whatever length is given).
+    """
 
-    epochs: int = Field(30, ge=1)  # full passes over the (retain) training set
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.05, gt=0)  # peak learning rate, cosine-annealed to 0 over the run
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    epochs: Count = 200  # full passes over the (retain) training set
+    batch_size: Count = 128
+    lr: Positive = 0.1  # peak learning rate, cosine-annealed to 0 over the run
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
-    grad_clip: float | None = Field(None, gt=0)  # max gradient norm; None disables clipping
-    crop_padding: int = Field(0, ge=0)  # RandomCrop(size, padding=crop_padding); 0 disables
-    flip: bool = False  # RandomHorizontalFlip (off for digits: a mirrored 2 is no 2)
-    checkpoint_every: int = Field(1, ge=1)  # epochs between resumable checkpoints
+    grad_clip: Positive | None = None  # max gradient norm; None disables clipping
+    crop_padding: Index = 4  # RandomCrop(size, padding=crop_padding); 0 disables
+    flip: bool = True  # RandomHorizontalFlip
+    checkpoint_every: Count = 1  # epochs between resumable checkpoints
     compile: bool = False  # torch.compile the model (pays off on CUDA for runs of many epochs)
-    bf16: bool = True  # bf16 autocast where computed natively (CUDA, AVX512-BF16/AMX CPUs); weights stay fp32
+    bf16: bool = False  # bf16 autocast where computed natively (CUDA, AVX512-BF16/AMX CPUs); weights stay fp32
+
+
+LISTS = ("models", "datasets", "methods", "quant", "forget_classes", "forget_fractions", "seeds")
 
 
 class GridConfig(BaseModel):
     """Everything `cvmf-ray grid` needs: what to compute (lists), how to train, where and how to run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    # what to compute: the lists whose product is the grid
+    # what to compute: the lists whose product is the grid (a string is a comma-separated list)
     models: list[str] = ["small_cnn"]
     datasets: list[str] = ["digits"]
     methods: list[str] = ["original", "retrain", "finetune", "gradient_ascent", "random_label"]
     quant: list[str] = ["fp32", "fp16", "bf16", "int8"]
-    forget_classes: list[int] | Literal["all"] = [0]
-    forget_fractions: list[float] = []
-    seeds: list[int] = [0]
+    forget_classes: list[Index] | Literal["all"] = [0]
+    forget_fractions: list[OpenFraction] = []
+    seeds: list[Seed] = [0]
     # how
     train: TrainRecipe = TrainRecipe()
-    epochs: int | None = Field(None, ge=1)  # shortcut that overrides train.epochs
-    unlearn_epochs: int | None = Field(None, ge=1)  # overrides every method's own default
+    epochs: Count | None = None  # shortcut that overrides every dataset's training length
+    unlearn_epochs: Count | None = None  # overrides every method's own default
     method_params: dict[str, dict[str, Any]] = {}  # e.g. {"finetune": {"lr": 0.01}}
-    calibration_size: int = Field(512, ge=1)  # retain-train images used to calibrate quantization
+    calibration_size: Count = 512  # retain-train images used to calibrate quantization
     relearn: bool = False  # measure relearn time of every evaluated model (evaluate cells fine-tune a copy)
     relearn_params: dict[str, Any] = {}  # overrides of the relearn defaults (cvmf_ray/evidence)
     data_root: str = "~/.cache/cvmf-ray/data"
     # where and on what
     results_dir: str = "results"
     name: str = "default"
-    gpus: int | None = Field(None, ge=0)
-    cpus: int | None = Field(None, ge=1)
+    gpus: Index | None = None
+    cpus: Count | None = None
     gpus_per_trial: float | None = Field(None, ge=0)
     address: str | None = None
-    max_failures: int = Field(1, ge=-1)
+    max_failures: int = Field(1, ge=-1, le=MAX_COUNT)
     dashboard: bool = False
+
+    @field_validator(*LISTS, mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """'a, b' -> ['a', 'b'] (the command line's form, accepted in YAML too); a lone number -> [number]."""
+        if isinstance(value, str):
+            return value.strip() if value.strip() == "all" else [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return [value]
+        return value
+
+    @field_validator(*LISTS)
+    @classmethod
+    def _each_once(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            twice = next((v for i, v in enumerate(value) if v in value[:i]), None)
+            if twice is not None:
+                raise ValueError(f"{twice!r} is listed twice")
+        return value
 
     @field_validator("models", "datasets", "methods", "quant", "seeds")
     @classmethod
@@ -74,54 +122,157 @@ class GridConfig(BaseModel):
             raise ValueError("must name at least one entry")
         return value
 
-    @field_validator("forget_fractions")
+    @field_validator("name")
     @classmethod
-    def _fractions_in_range(cls, value: list[float]) -> list[float]:
-        for fraction in value:
-            if not 0 < fraction < 1:
-                raise ValueError(f"forget fraction {fraction} is outside (0, 1)")
+    def _one_path_component(cls, value: str) -> str:
+        if value in ("", ".", "..") or any(c in value for c in "/\\\0"):
+            raise ValueError("a run name is one folder name: not empty, '.' or '..', and no '/' or '\\'")
         return value
+
+    @model_validator(mode="after")
+    def _some_forget_set(self) -> GridConfig:
+        if self.forget_classes == [] and not self.forget_fractions:
+            raise ValueError("no forget set: give --forget-classes or --forget-fractions")
+        return self
+
+    def recipe_for(self, dataset: str) -> TrainRecipe:
+        """The recipe `dataset` trains with: built-in (published) < the dataset's own < `train:` fields < --epochs."""
+        from cvmf_ray.datasets import DATASETS
+
+        values = {**DATASETS.get(dataset).train_recipe, **self.train.model_dump(exclude_unset=True)}
+        if self.epochs is not None:
+            values["epochs"] = self.epochs
+        return TrainRecipe(**values)
 
     @property
     def recipe(self) -> TrainRecipe:
+        """The user's recipe without any dataset's: the settings that do not vary by dataset are read from it."""
         if self.epochs is None:
             return self.train
         return self.train.model_copy(update={"epochs": self.epochs})
 
 
-def load_config(path: str | Path | None = None, **overrides: Any) -> GridConfig:
-    """Defaults < YAML at `path` < `overrides` (None values are ignored), validated as one object."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = _read_yaml(Path(path))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+def load_config(path: str | Path | None = None, **options: Any) -> GridConfig:
+    """Defaults < YAML at `path` < `options` (the command line's; None = not given), validated as one object.
+
+    Lists may be comma-separated strings; `method_params` may be METHOD.NAME=VALUE strings (`--method-params`)
+    or a mapping, merged per method over the file's; `compile` sets `train.compile`.
+    """
+    values = {} if path is None else _read_yaml(Path(path))
+    given = {k: v for k, v in options.items() if v is not None}
+    if "compile" in given and isinstance(values.get("train", {}), dict):
+        values["train"] = {**values.get("train", {}), "compile": given.pop("compile")}
+    if "method_params" in given:
+        given["method_params"] = _merged_method_params(values.get("method_params"), given["method_params"])
+    values.update(given)
     try:
-        config = GridConfig(**values)
+        config = GridConfig.model_validate(values)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise UsageError(f"invalid config value for {where!r}: {first['msg']}") from None
-    _check_names(config)
+        raise _usage_error(err.errors()[0], set(given), path) from None
+    _check(config)
     return config
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _usage_error(error: dict, command_line: set[str], path: str | Path | None) -> UsageError:
+    """pydantic's error as one line naming the option (`--seeds`) or the file's key, and the value."""
+    loc = [p for p in error["loc"] if isinstance(p, int) or p.isidentifier()]  # without union-member tags
+    message = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a check of the whole config
+        return UsageError(message)
+    key = str(loc[0])
+    dotted = ".".join(str(p) for p in loc if not isinstance(p, int))
+    in_file = f" in config file {str(path)!r}" if path is not None else ""
+    if error["type"] in ("extra_forbidden", "invalid_key"):
+        return UsageError(f"unknown option {dotted!r}{in_file}")
+    where = "--" + key.replace("_", "-") if key in command_line and dotted == key else f"{dotted!r}{in_file}"
+    return UsageError(f"invalid value {error['input']!r} for {where}: {message}")
+
+
+def _merged_method_params(in_file: Any, given: list[str] | dict) -> Any:
+    """The command line's per-method parameters over the file's, method by method."""
+    if isinstance(given, list):
+        given = _parse_method_params(given)
+    if not isinstance(in_file, dict):
+        return given
+    merged = dict(in_file)
+    for method, params in given.items():
+        old = merged.get(method)
+        merged[method] = {**old, **params} if isinstance(old, dict) and isinstance(params, dict) else params
+    return merged
+
+
+def _parse_method_params(items: list[str]) -> dict[str, dict[str, Any]]:
+    """['salun.mask_ratio=0.5'] -> {'salun': {'mask_ratio': 0.5}}; each VALUE is YAML (0.5, true, [1, 2])."""
+    parsed: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        method, dot, param = name.rpartition(".")
+        if not (sep and dot and method and param):
+            raise UsageError(f"--method-params expects METHOD.NAME=VALUE, got {item!r}")
+        parsed.setdefault(method, {})[param] = _parse_yaml(raw, f"the VALUE of --method-params {item!r}")
+    return parsed
+
+
+# ---------------------------------------------------------------- YAML
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    def __init__(self, key: Hashable, mark: yaml.Mark) -> None:
+        super().__init__(None, None, f"key {key!r} is given twice", mark)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (PyYAML silently keeps the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base`: a key given here overrides the merged one, no repeat
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses it, with its own message
+            if key in seen:
+                raise _DuplicateKey(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
     try:
-        values = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"config file {str(path)!r} does not exist") from None
+        return yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UsageError(f"config file {str(path)!r} is not valid YAML{where}") from None
+        line = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or getattr(err, "reason", None) or str(err)
+        raise UsageError(f"{where} is not valid YAML{line}: {problem.splitlines()[0]}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    where = f"config file {str(path)!r}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{where} is a directory, not a YAML file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{where} is not a text file (not UTF-8): a YAML file is expected") from None
+    except OSError as err:
+        raise UsageError(f"cannot read {where}: {err.strerror or err}") from None
+    values = _parse_yaml(text, where)
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise UsageError(f"config file {str(path)!r} must be a mapping of option: value")
+        raise UsageError(f"{where} must be a mapping of option: value, not a {type(values).__name__}")
     return values
 
 
-def _check_names(config: GridConfig) -> None:
+# ---------------------------------------------------------------- checks across values
+
+
+def _check(config: GridConfig) -> None:
+    """What single fields cannot say: names exist, parameters fit their method, forget sets select images."""
     from cvmf_ray.datasets import DATASETS
     from cvmf_ray.methods import resolve_method
     from cvmf_ray.models import MODELS
@@ -131,21 +282,62 @@ def _check_names(config: GridConfig) -> None:
         MODELS.get(name)
     for name in config.quant:
         QUANT_MODES.get(name)
-    for name in config.methods:
-        resolve_method(name)
-    for name in config.method_params:  # may name methods not in this run's list: a config serves many runs
-        resolve_method(name).resolve_params(config.method_params[name], None)
-    for name in config.datasets:
-        spec = DATASETS.get(name)
-        if config.forget_classes != "all":
-            for c in config.forget_classes:
-                if not 0 <= c < spec.num_classes:
-                    raise UsageError(
-                        f"forget class {c} is out of range for {name!r} (classes 0..{spec.num_classes - 1})"
-                    )
+    specs = [DATASETS.get(name) for name in config.datasets]
+    # method_params may name methods not in this run's list: a config serves many runs
+    for name in dict.fromkeys([*config.methods, *config.method_params]):
+        method = resolve_method(name)
+        for spec in specs:
+            method.resolve_params(config.method_params.get(name, {}), config.unlearn_epochs, spec.name)
+    for spec in specs:
+        _check_forget_sets(config, spec)
     if config.address and (config.gpus is not None or config.cpus is not None):
         raise UsageError("--gpus/--cpus size a local Ray instance; with --address the cluster's resources are used")
-    for duplicated in ("models", "datasets", "methods", "quant", "seeds"):
-        values = getattr(config, duplicated)
-        if len(set(values)) != len(values):
-            raise UsageError(f"{duplicated} lists the same entry twice: {values}")
+    if config.gpus and not config.address:
+        import torch
+
+        if config.gpus > torch.cuda.device_count():
+            raise UsageError(
+                f"--gpus {config.gpus} asks for more GPUs than this machine has ({torch.cuda.device_count()})"
+            )
+
+
+def _check_forget_sets(config: GridConfig, spec) -> None:
+    """Every forget class has training images; every fraction draws at least one image of every class into
+    both the forget and the retain set, for every seed (the stratified draw the unlearn stage makes)."""
+    classes = range(spec.num_classes) if config.forget_classes == "all" else config.forget_classes
+    for c in classes:
+        if c >= spec.num_classes:
+            raise UsageError(f"forget class {c} is out of range for {spec.name!r} (classes 0..{spec.num_classes - 1})")
+        if spec.class_counts[c] == 0:
+            raise UsageError(f"forget class {c} has no training image in {spec.name!r}: there is nothing to forget")
+    if config.forget_fractions:
+        import torch
+
+        labels = torch.repeat_interleave(torch.arange(spec.num_classes), torch.tensor(spec.class_counts))
+        for fraction in config.forget_fractions:
+            for seed in config.seeds:
+                _check_fraction(spec, labels, fraction, seed)
+
+
+def _check_fraction(spec, labels, fraction: float, seed: int) -> None:
+    """The unlearn stage's own draw (`forget_mask`), on labels with the dataset's class sizes: sklearn's
+    stratified split depends only on those and the seed, so it selects the same number of images per class."""
+    import torch
+
+    from cvmf_ray.errors import CellError
+    from cvmf_ray.forget import ForgetSpec, forget_mask
+
+    counts = torch.bincount(labels, minlength=spec.num_classes)
+    try:
+        forget = torch.bincount(
+            labels[forget_mask(ForgetSpec("fraction", fraction), labels, seed)], minlength=spec.num_classes
+        )
+    except CellError:  # fewer images on one side than classes: no stratified draw exists at all
+        forget = torch.zeros_like(counts)
+    if ((forget == 0) | (forget == counts))[counts > 0].any():
+        instead = "larger" if fraction <= 0.5 else "smaller"
+        raise UsageError(
+            f"forget fraction {fraction} does not draw every class of {spec.name!r} into both the forget and the "
+            f"retain set ({spec.train_size} training images, {spec.num_classes} classes, seed {seed}): "
+            f"choose a {instead} fraction"
+        )

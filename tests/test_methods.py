@@ -10,12 +10,13 @@ thread is also several times faster than two.
 """
 
 import copy
+import sys
 import textwrap
 
 import pytest
 import torch
 
-from cvmf_ray.config import TrainRecipe
+from cvmf_ray.config import load_config
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.errors import CellError, UsageError
 from cvmf_ray.forget import ForgetSpec, split_data
@@ -46,12 +47,12 @@ def digits():
 @pytest.fixture(scope="module")
 def original(digits):
     torch.manual_seed(0)
-    model, _ = train(create_model("small_cnn", 1, 10), digits, TrainRecipe(), seed=0)
+    model, _ = train(create_model("small_cnn", 1, 10), digits, load_config().recipe_for("digits"), seed=0)
     return model
 
 
 def run(original, digits, method: str, overrides: dict | None = None):
-    hparams = resolve_method(method).resolve_params(overrides or {}, None)
+    hparams = resolve_method(method).resolve_params(overrides or {}, None, "digits")
     model, metrics = unlearn(copy.deepcopy(original), digits, FORGET, method, hparams, seed=0)
     return model, metrics
 
@@ -94,7 +95,7 @@ def test_random_sample_forgetting_runs_every_method(original, digits):
     """The other scenario (10% random forget set), one epoch each: every method keeps the model useful."""
     forget = ForgetSpec("fraction", 0.1)
     for method in UNLEARNING:
-        hparams = resolve_method(method).resolve_params({}, 1)  # as `--unlearn-epochs 1`
+        hparams = resolve_method(method).resolve_params({}, 1, "digits")  # as `--unlearn-epochs 1`
         model, _ = unlearn(copy.deepcopy(original), digits, forget, method, hparams, seed=0)
         acc = accuracies(model, digits, forget)
         assert acc["retain_train"] >= 0.95 and acc["test"] >= 0.95, (method, acc)
@@ -113,20 +114,33 @@ def test_divergence_fails_the_cell(original, digits):
         run(original, digits, "gradient_ascent", {"lr": 1e8})
 
 
-def test_hyperparameters_are_checked():
+def test_hyperparameters_resolve_per_dataset_and_are_checked():
     salun = resolve_method("salun")
-    assert salun.resolve_params({"mask_ratio": 0.3}, 7) == {
+    # published < the dataset's own < --unlearn-epochs < the user's
+    assert salun.resolve_params({}, None, "fashionmnist") == {
+        "epochs": 5,
+        "lr": 1e-3,
+        "batch_size": 128,
+        "mask_ratio": 0.5,
+    }
+    assert salun.resolve_params({}, None, "digits") == {"epochs": 3, "lr": 0.01, "batch_size": 64, "mask_ratio": 0.5}
+    assert salun.resolve_params({"mask_ratio": 0.3}, 7, "digits") == {
         "epochs": 7,
         "lr": 0.01,
         "batch_size": 64,
         "mask_ratio": 0.3,
     }
+    assert salun.resolve_params({"epochs": 2}, 7, "cifar10")["epochs"] == 2
     with pytest.raises(UsageError, match="unknown parameter 'mask_ration' for method 'salun'"):
-        salun.resolve_params({"mask_ration": 0.3}, None)
-    with pytest.raises(UsageError, match="bad value for salun.epochs"):
-        salun.resolve_params({"epochs": "many"}, None)
-    with pytest.raises(UsageError, match="bad value for salun.mask_ratio"):
-        salun.resolve_params({"mask_ratio": 1.5}, None)
+        salun.resolve_params({"mask_ration": 0.3}, None, "digits")
+    with pytest.raises(UsageError, match="bad value 'many' for salun.epochs"):
+        salun.resolve_params({"epochs": "many"}, None, "digits")
+    with pytest.raises(UsageError, match="bad value 1.5 for salun.mask_ratio"):
+        salun.resolve_params({"mask_ratio": 1.5}, None, "digits")
+    with pytest.raises(UsageError, match="bad value 2147483648 for salun.batch_size"):
+        salun.resolve_params({"batch_size": 2**31}, None, "digits")
+    with pytest.raises(UsageError, match="bad value inf for salun.lr: Input should be a finite number"):
+        salun.resolve_params({"lr": float("inf")}, None, "digits")
 
 
 PLUGIN = '''
@@ -162,10 +176,22 @@ def untouched(model, data, params):
 '''
 
 
+IMPORT_FAILURES = {  # modules whose import ends badly -> what the one line says
+    "exits_ok": "import sys\nsys.exit(0)\n",
+    "exits_3": "import sys\nsys.exit(3)\n",
+    "raises": "raise Exception('plug-in misconfigured')\n",
+    "raises_base": "class Fatal(BaseException):\n    pass\n\nraise Fatal('from a BaseException')\n",
+    "interrupted": "raise KeyboardInterrupt\n",
+}
+
+
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     (tmp_path / "my_unlearning.py").write_text(textwrap.dedent(PLUGIN))
     (tmp_path / "broken_unlearning.py").write_text("import no_such_package_anywhere\n")
+    for name, body in IMPORT_FAILURES.items():
+        (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
     monkeypatch.syspath_prepend(str(tmp_path))
     return "my_unlearning"
 
@@ -173,12 +199,17 @@ def plugin(tmp_path, monkeypatch):
 def test_dotted_path_plugin_runs_through_the_stage(original, digits, plugin):
     method = resolve_method(f"{plugin}:ascend")
     assert method.params.__name__ == "AscentParams"
-    assert method.resolve_params({"lr": 2e-3}, 5) == {"steps": 20, "lr": 2e-3}  # no `epochs` field to set
+    assert method.resolve_params({"lr": 2e-3}, 5, "digits") == {"steps": 20, "lr": 2e-3}  # no `epochs` to set
     with pytest.raises(UsageError, match="unknown parameter 'epochs'"):
-        method.resolve_params({"epochs": 3}, None)
+        method.resolve_params({"epochs": 3}, None, "digits")
+    # a plug-in's plain `float` and `int`: finite, and within what a torch tensor holds
+    with pytest.raises(UsageError, match=r"bad value nan for my_unlearning:ascend.lr: must be a finite number"):
+        method.resolve_params({"lr": float("nan")}, None, "digits")
+    with pytest.raises(UsageError, match=r"bad value 1180591620717411303424 for .*steps: does not fit a 64-bit"):
+        method.resolve_params({"steps": 2**70}, None, "digits")
     model, _ = run(original, digits, f"{plugin}:ascend")
     assert accuracies(model, digits)["forget_train"] <= 0.5  # 20 full-batch ascent steps from 1.0
-    assert resolve_method(f"{plugin}:untouched").resolve_params({}, None) == {}  # no dataclass: no params
+    assert resolve_method(f"{plugin}:untouched").resolve_params({}, None, "digits") == {}  # no dataclass: no params
     run(original, digits, f"{plugin}:untouched")
 
 
@@ -192,8 +223,22 @@ def test_dotted_path_plugin_runs_through_the_stage(original, digits, plugin):
         ("my_unlearning:", "not a dotted path"),
         (":ascend", "not a dotted path"),
         ("no_such_method", "unknown method 'no_such_method'"),
+        (
+            "exits_ok:fn",
+            r"cannot import module 'exits_ok' for method 'exits_ok:fn': it calls sys\.exit\(0\) on import$",
+        ),
+        ("exits_3:fn", r"cannot import module 'exits_3' for method 'exits_3:fn': it calls sys\.exit\(3\) on import$"),
+        ("raises:fn", "cannot import module 'raises' for method 'raises:fn': plug-in misconfigured$"),
+        ("raises_base:fn", "cannot import module 'raises_base' for method 'raises_base:fn': from a BaseException$"),
     ],
 )
 def test_bad_method_names_are_usage_errors(plugin, path, message):
     with pytest.raises(UsageError, match=message):
         resolve_method(path)
+    if path.partition(":")[0] in IMPORT_FAILURES:
+        assert path.partition(":")[0] not in sys.modules  # nothing half-imported stays behind
+
+
+def test_ctrl_c_during_a_plugin_import_still_interrupts(plugin):
+    with pytest.raises(KeyboardInterrupt):
+        resolve_method("interrupted:fn")

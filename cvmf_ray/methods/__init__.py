@@ -14,6 +14,10 @@ object). Methods run in train mode, as every reference implementation does: Batc
 batch statistics and its running statistics follow the batches seen, which for forget-only batches
 (GA, Boundary Shrink/Expanding, SCRUB's max-step) is part of how those methods forget.
 
+The dataclass defaults are the published values, which every real dataset gets. A dataset whose scale
+they do not fit changes them in `DatasetSpec.method_defaults` (only `digits` does; each method's
+docstring says why), and the user's values override both (`Method.resolve_params`).
+
 A user's own method plugs in by dotted path, `--methods mypkg.mymod:my_unlearn`: a function written like
 the built-in ones, whose hyperparameter dataclass is the type annotation of its third argument
 (`params: MyParams`); without one it takes no hyperparameters and gets `params=None`. Overrides address
@@ -29,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
 import pkgutil
 import typing
 from collections.abc import Callable
@@ -38,7 +43,9 @@ from typing import Any
 import pydantic
 from torch import nn
 
+from cvmf_ray.config import INT64
 from cvmf_ray.data import Augment, DeviceLoader
+from cvmf_ray.datasets import DATASETS
 from cvmf_ray.errors import UsageError
 from cvmf_ray.registry import Registry
 
@@ -73,8 +80,10 @@ class Method:
     fn: Callable[..., nn.Module] | None  # None for `original` and `retrain`
     params: type | None = None  # a dataclass of hyperparameters with the published defaults
 
-    def resolve_params(self, overrides: dict[str, Any], unlearn_epochs: int | None) -> dict[str, Any]:
-        """Defaults < `--unlearn-epochs` < per-method overrides, type-checked; returns a plain dict."""
+    def resolve_params(self, overrides: dict[str, Any], unlearn_epochs: int | None, dataset: str) -> dict[str, Any]:
+        """Published defaults < `dataset`'s own (`DatasetSpec.method_defaults`) < `--unlearn-epochs` < the
+        user's `overrides`; type- and range-checked, every float finite and every integer within int64.
+        Returns a plain dict: the cell records every resolved value."""
         if self.params is None:
             if overrides:
                 raise UsageError(f"method {self.name!r} takes no parameters, got {sorted(overrides)}")
@@ -85,16 +94,22 @@ class Method:
             raise UsageError(
                 f"unknown parameter {unknown[0]!r} for method {self.name!r}; known: {', '.join(sorted(known))}"
             )
-        values = dict(overrides)
-        if unlearn_epochs is not None and "epochs" in known and "epochs" not in overrides:
+        values = dict(DATASETS.get(dataset).method_defaults.get(self.name, {}))
+        if unlearn_epochs is not None and "epochs" in known:
             values["epochs"] = unlearn_epochs
+        values.update(overrides)
         try:
-            resolved = pydantic.TypeAdapter(self.params).validate_python(values)
+            resolved = dataclasses.asdict(pydantic.TypeAdapter(self.params).validate_python(values))
         except pydantic.ValidationError as err:
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
-            raise UsageError(f"bad value for {self.name}.{field}: {first['msg']}") from None
-        return dataclasses.asdict(resolved)
+            raise UsageError(f"bad value {first['input']!r} for {self.name}.{field}: {first['msg']}") from None
+        for field, value in resolved.items():  # what a plug-in's plain `float` and `int` fields do not bound
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"bad value {value!r} for {self.name}.{field}: must be a finite number")
+            if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+                raise UsageError(f"bad value {value!r} for {self.name}.{field}: does not fit a 64-bit integer")
+        return resolved
 
     def instantiate(self, hparams: dict[str, Any]) -> Any:
         """The params object the function receives: its dataclass built from resolved `hparams`, or None."""
@@ -121,7 +136,13 @@ def resolve_method(name: str) -> Method:
         raise UsageError(f"method {name!r} is not a dotted path of the form 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # any failure while importing user code is the user's input to fix
+    except KeyboardInterrupt:  # Ctrl-C during a slow import still interrupts
+        raise
+    except SystemExit as err:  # user code must not end the grid, least of all with "success"
+        raise UsageError(
+            f"cannot import module {module_name!r} for method {name!r}: it calls sys.exit({err.code!r}) on import"
+        ) from None
+    except BaseException as err:  # any other failure while importing user code is the user's input to fix
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UsageError(f"cannot import module {module_name!r} for method {name!r}: {reason}") from None
     fn = getattr(module, attr, None)

@@ -5,20 +5,15 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
+# Hyperparameter types, the config's own: `Method.resolve_params` turns an out-of-range value into a UsageError.
+from cvmf_ray.config import Count, Finite, Fraction, Index, Positive  # noqa: F401 (re-exported to the methods)
 from cvmf_ray.data import DeviceLoader
 from cvmf_ray.errors import CellError
-
-# Hyperparameter types: `Method.resolve_params` turns an out-of-range override into a UsageError.
-Count = Annotated[int, Field(ge=1)]  # epochs, batch sizes, steps
-Positive = Annotated[float, Field(gt=0)]  # learning rates, temperatures, bounds
-Fraction = Annotated[float, Field(ge=0, le=1)]  # shares and mixing weights
 
 
 def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4):

@@ -1,13 +1,13 @@
 """FT: fine-tune on the retain set only and rely on catastrophic forgetting of the forget set.
 
-Recipe: the NeurIPS 2023 Machine Unlearning Challenge starting-kit baseline (unlearning-challenge/starting-kit,
+Defaults: the NeurIPS 2023 Machine Unlearning Challenge starting-kit baseline (unlearning-challenge/starting-kit,
 `unlearning()`): SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine annealing to 0, 5 epochs, batch 128.
 The Comparator (10 epochs, lr 0.01, batch 128) and OPTML Unlearn-Sparse (lr 0.01 × 10 epochs) use a
 smaller lr on CIFAR, where one epoch is ~350 steps.
 
-Deviation: batch 16, not 128. Forgetting by fine-tuning needs many noisy steps; on `digits` (1,212 retain
-images, 10 steps per epoch at batch 128) lr 0.01-0.3 at batch 128 leaves forget-train accuracy at 100%,
-while batch 16 (76 steps per epoch) forgets the class completely.
+On `digits`: batch 16 (cvmf_ray/datasets/digits.py). Forgetting by fine-tuning needs many noisy steps; with
+1,212 retain images (10 steps per epoch at batch 128) lr 0.01-0.3 at batch 128 leaves forget-train
+accuracy at 100%, while batch 16 (76 steps per epoch) forgets the class completely.
 """
 
 from collections.abc import Callable
@@ -24,7 +24,7 @@ from cvmf_ray.methods._common import Count, Positive, cosine, epoch_seed, sgd, s
 class FinetuneParams:
     epochs: Count = 5
     lr: Positive = 0.1  # peak, cosine-annealed to 0 per step
-    batch_size: Count = 16
+    batch_size: Count = 128
 
 
 def fine_tune(model, data: UnlearnData, params, penalty: Callable[[int], torch.Tensor] | None = None):

@@ -1,25 +1,27 @@
 """ℓ1-sparse (Jia et al., NeurIPS'23 "Model Sparsity Can Simplify Machine Unlearning"): fine-tuning with an
 ℓ1 penalty on all weights whose strength decays linearly to 0, α·(1 − epoch/epochs)·‖θ‖₁.
 
-OPTML Unlearn-Sparse/Saliency `FT_l1` adds the penalty to FT on the retain set (lr 0.01 × 10 epochs in
-the README); Scissorhands' scripts for that code use α = 1e-4. The FT part follows `finetune` here
-(SGD momentum 0.9, wd 5e-4, cosine), batch 16 for the same reason: on `digits` larger batches are too few
-steps to forget.
+OPTML Unlearn-Sparse/Saliency `FT_l1` adds the penalty to FT on the retain set. Defaults: lr 0.01 × 10
+epochs (the README), batch 256 (OPTML's `arg_parser`), α 1e-4 (Scissorhands' scripts for that code). The
+FT loop is `finetune`'s (SGD momentum 0.9, wd 5e-4, cosine).
+
+On `digits` (cvmf_ray/datasets/digits.py): `finetune`'s values there, 5 epochs, lr 0.1, batch 16, for the
+same reason: larger batches are too few steps to forget.
 """
 
 from dataclasses import dataclass
 
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Positive
+from cvmf_ray.methods._common import Count, Finite, Positive
 from cvmf_ray.methods.finetune import fine_tune
 
 
 @dataclass
 class L1SparseParams:
-    epochs: Count = 5
-    lr: Positive = 0.1  # peak, cosine-annealed to 0 per step
-    batch_size: Count = 16
-    alpha: float = 1e-4  # initial ℓ1 weight, decayed linearly to 0 over the epochs
+    epochs: Count = 10
+    lr: Positive = 0.01  # peak, cosine-annealed to 0 per step
+    batch_size: Count = 256
+    alpha: Finite = 1e-4  # initial ℓ1 weight, decayed linearly to 0 over the epochs
 
 
 @register_method("l1_sparse", L1SparseParams)

@@ -11,9 +11,9 @@ lr 0.01. The noise is learnt with the model in eval mode (the notebook's model h
 so BatchNorm normalised the noise with its own statistics). For random-sample forgetting, every class in
 the forget set gets its own noise.
 
-Deviation: noise batch 32 and batch 32, not 256 (a `digits` class has ~135 images: a 256-image noise
-batch would outnumber it twice over, and one epoch at batch 256 is 5 repair steps), and Adam lr
-0.005 / 0.0025, a quarter of the notebook's (which cost ~5 points of retain accuracy at batch 32).
+On `digits` (cvmf_ray/datasets/digits.py): noise batch 32 and batch 32 (a class there has ~135 images: a
+256-image noise batch would outnumber it twice over, and one epoch at batch 256 is 5 repair steps), and
+Adam lr 0.005 / 0.0025, a quarter of the notebook's (which cost ~5 points of retain accuracy at batch 32).
 """
 
 from collections.abc import Iterator
@@ -30,10 +30,10 @@ from cvmf_ray.methods._common import Count, Positive, epoch_seed, step
 @dataclass
 class UnsirParams:
     epochs: Count = 1  # impair epochs, and as many repair epochs
-    batch_size: Count = 32
-    impair_lr: Positive = 0.005  # Adam
-    repair_lr: Positive = 0.0025  # Adam
-    noise_batch: Count = 32  # noise images learnt per forget class
+    batch_size: Count = 256
+    impair_lr: Positive = 0.02  # Adam
+    repair_lr: Positive = 0.01  # Adam
+    noise_batch: Count = 256  # noise images learnt per forget class
     noise_copies: Count = 20  # times each noise batch appears in the impair set
     noise_steps: Count = 40
     noise_lr: Positive = 0.1  # Adam
