@@ -130,12 +130,11 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
     from cvmf_ray import driver
     from cvmf_ray.datasets import DATASETS
     from cvmf_ray.lock import RunLock
-    from cvmf_ray.runner import RunStopped, Signals, StopSignal, check_local_resources
+    from cvmf_ray.runner import RunStopped, Signals, StopSignal
     from cvmf_ray.store import RunStore, StorageFull, run_location
 
     Signals.install()
     store = RunStore(run_location(cfg.results_dir, cfg.name))
-    check_local_resources(cfg)
     for dataset in cfg.datasets:
         DATASETS.get(dataset).check_available(cfg.data_root)
     store.probe_writable()

@@ -144,13 +144,6 @@ class GridConfig(BaseModel):
             values["epochs"] = self.epochs
         return TrainRecipe(**values)
 
-    @property
-    def recipe(self) -> TrainRecipe:
-        """The user's recipe without any dataset's: the settings that do not vary by dataset are read from it."""
-        if self.epochs is None:
-            return self.train
-        return self.train.model_copy(update={"epochs": self.epochs})
-
 
 def load_config(path: str | Path | None = None, **options: Any) -> GridConfig:
     """Defaults < YAML at `path` < `options` (the command line's; None = not given), validated as one object.
@@ -292,13 +285,20 @@ def _check(config: GridConfig) -> None:
         _check_forget_sets(config, spec)
     if config.address and (config.gpus is not None or config.cpus is not None):
         raise UsageError("--gpus/--cpus size a local Ray instance; with --address the cluster's resources are used")
-    if config.gpus and not config.address:
-        import torch
+    if not config.address:
+        _check_local_resources(config)
 
-        if config.gpus > torch.cuda.device_count():
-            raise UsageError(
-                f"--gpus {config.gpus} asks for more GPUs than this machine has ({torch.cuda.device_count()})"
-            )
+
+def _check_local_resources(config: GridConfig) -> None:
+    """A local Ray instance cannot have more GPUs or CPUs than this machine (each CPU is a trial process)."""
+    import os
+
+    import torch
+
+    if config.gpus and config.gpus > torch.cuda.device_count():
+        raise UsageError(f"--gpus {config.gpus} asks for more GPUs than this machine has ({torch.cuda.device_count()})")
+    if config.cpus and config.cpus > (os.cpu_count() or 1):
+        raise UsageError(f"--cpus {config.cpus} asks for more CPUs than this machine has ({os.cpu_count()})")
 
 
 def _check_forget_sets(config: GridConfig, spec) -> None:

@@ -117,15 +117,17 @@ def expand_grid(config: GridConfig) -> Grid:
     grid = Grid({})
     for dataset in config.datasets:
         spec = DATASETS.get(dataset)
+        trained = config.recipe_for(dataset)
+        recipe = trained.model_dump(exclude={"checkpoint_every", "compile"})  # neither changes the numbers
+        augment = {"crop_padding": trained.crop_padding, "flip": trained.flip}
         for model in config.models:
             evaluations: dict[tuple, str] = {}  # (forget, method, quant, seed) -> evaluate key
             for seed in config.seeds:
                 base = {"model": model, "dataset": dataset, "seed": seed}
-                recipe = config.recipe.model_dump(exclude={"checkpoint_every", "compile"})  # neither moves numbers
                 original = grid.add(Cell.make("train", None, {**base, "recipe": recipe, "exclude": None}))
                 for forget in forget_specs(config, spec.num_classes):
                     for method in config.methods:
-                        source = _model_source(grid, config, base, original, forget, method, recipe)
+                        source = _model_source(grid, config, base, original, forget, method, recipe, augment)
                         for quant, key in _quantized_and_evaluated(grid, config, base, source, original, forget,
                                                                    method):  # fmt: skip
                             evaluations[(forget, method, quant, seed)] = key
@@ -134,14 +136,14 @@ def expand_grid(config: GridConfig) -> Grid:
     return grid
 
 
-def _model_source(grid, config, base, original, forget, method, recipe) -> Cell:
+def _model_source(grid, config, base, original, forget, method, recipe, augment) -> Cell:
     """The fp32 model a method yields: the original itself, a retrain, or an unlearn cell."""
     if method == "original":
         return original
     if method == "retrain":
         return grid.add(Cell.make("train", None, {**base, "recipe": recipe, "exclude": forget.as_dict()}))
-    hparams = resolve_method(method).resolve_params(config.method_params.get(method, {}), config.unlearn_epochs)
-    augment = {"crop_padding": config.recipe.crop_padding, "flip": config.recipe.flip}
+    overrides = config.method_params.get(method, {})
+    hparams = resolve_method(method).resolve_params(overrides, config.unlearn_epochs, base["dataset"])
     params = {**base, "method": method, "hparams": hparams, "forget": forget.as_dict(), "augment": augment}
     return grid.add(Cell.make("unlearn", original.key, params))
 

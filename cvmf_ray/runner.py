@@ -110,19 +110,6 @@ class Plan:
 # ---------------------------------------------------------------- joining Ray
 
 
-def check_local_resources(config: GridConfig) -> None:
-    """--gpus/--cpus beyond this machine are bad input, refused before anything starts."""
-    if config.address:
-        return
-    import torch
-
-    local_gpus, local_cpus = torch.cuda.device_count(), os.cpu_count() or 1
-    if config.gpus is not None and config.gpus > local_gpus:
-        raise UsageError(f"--gpus {config.gpus} asks for more GPUs than this machine has ({local_gpus})")
-    if config.cpus is not None and config.cpus > local_cpus:
-        raise UsageError(f"--cpus {config.cpus} asks for more CPUs than this machine has ({local_cpus})")
-
-
 def connect(config: GridConfig, verbose: bool) -> Plan:
     """Start a local Ray (or join `config.address`) and plan each trial's resources against what exists."""
     os.environ.update(
@@ -338,7 +325,7 @@ class RunControl(tune.Stopper, tune.Callback):
 def fit(config: GridConfig, grid: Grid, store: RunStore, searcher: DagSearcher, plan: Plan) -> None:
     """Run every ready cell through one Tuner until the scheduler has nothing left to hand out."""
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(plan.slots)  # the searcher decides; Tune may queue this many
-    settings = RunSettings(store.uri, config.data_root, config.recipe.checkpoint_every, config.recipe.compile,
+    settings = RunSettings(store.uri, config.data_root, config.train.checkpoint_every, config.train.compile,
                            [ray.put(grid.cells)])  # fmt: skip
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(cell_trial, run=settings), resources)

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from cvmf_ray.config import TrainRecipe
+from cvmf_ray.config import load_config
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.forget import ForgetSpec, forget_mask, split_data
 from cvmf_ray.methods import METHODS
@@ -55,7 +55,7 @@ def main() -> None:
     spec = DATASETS.get("digits")
     data = spec.load_data("~/.cache/cvmf-ray/data")
     forget = ForgetSpec("class", 0)
-    recipe = TrainRecipe()
+    recipe = load_config().recipe_for("digits")
     splits = split_data(data, forget, args.seed)
 
     def fresh_model():
@@ -77,7 +77,7 @@ def main() -> None:
     for name in METHODS.names():
         entry = METHODS.get(name)
         if entry.fn is not None:
-            hparams = entry.resolve_params({}, None)
+            hparams = entry.resolve_params({}, None, "digits")
             _, rows[name] = timed(unlearn, copy.deepcopy(original), data, forget, name, hparams, seed=args.seed)
 
     gold = rows["retrain"]

@@ -82,7 +82,9 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     data = random_data(args.dataset, args.images or (50_000 if cuda else 5_120))
     augment = {"crop_padding": 4, "flip": True}
-    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=0.1, compile=args.compile, **augment)
+    recipe = TrainRecipe(
+        epochs=args.epochs, batch_size=args.batch_size, lr=0.1, compile=args.compile, bf16=True, **augment
+    )
     torch.manual_seed(0)
     model = create_model(args.model, spec.in_channels, spec.num_classes)
     paths = {"on-device (train)": (train, recipe, {})}

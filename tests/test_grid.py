@@ -25,7 +25,7 @@ def test_default_grid_shares_prefixes():
     grid = expand_grid(load_config())
     counts = grid.to_json()["counts"]
     # 1 original + 1 retrain; 3 methods; 5 fp32 models x 3 other modes; 5 models x 4 modes evaluated
-    assert counts == {"train": 2, "unlearn": 3, "quantize": 15, "evaluate": 20}
+    assert counts == {"train": 2, "unlearn": 3, "quantize": 15, "evaluate": 20, "compare": 20}
     original = next(c for c in grid.stage("train") if c.params["exclude"] is None)
     assert {c.parent for c in grid.stage("unlearn")} == {original.key}
     assert expand_grid(load_config()).cells.keys() == grid.cells.keys()  # keys are content hashes: stable
@@ -250,7 +250,7 @@ def test_every_malformed_input_exits_2_with_one_line_naming_the_value(cli, tmp_p
         (["grid", "--results-dir", tmp_path / "runs", "--name", "done", "--no-resume"], "--no-resume"),
         (["grid", "--address", "127.0.0.1:1", "--gpus", "1"], "--gpus/--cpus size a local Ray instance"),
         (["status", tmp_path / "nothing"], "is not a cvmf-ray run directory"),
-        (["results", existing], "has no results.parquet yet"),
+        (["results", existing], "grid.json is damaged"),
     ]  # fmt: skip
     for args, message in cases:
         code, out, err = cli(*args)

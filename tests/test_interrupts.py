@@ -35,7 +35,7 @@ def test_sigterm_and_ctrl_c_stop_promptly_keep_everything_and_the_same_command_r
     for signum in (signal.SIGTERM, signal.SIGINT):
         earlier = set(train_checkpoints(run))
         driver = start_driver(*args, log=tmp_path / "driver.log")
-        wait_for(lambda: set(train_checkpoints(run)) - earlier, driver, "a new training checkpoint")
+        wait_for(lambda earlier=earlier: set(train_checkpoints(run)) - earlier, driver, "a new training checkpoint")
         seconds = interrupt(driver, signum)
         output = driver.log.read_text()
         try:
