@@ -74,8 +74,22 @@ def grid(
     gpus_per_trial: Annotated[
         float | None, _option("GPU share per trial; fractions pack trials (default 1 with GPUs, else 0).", RESOURCES)
     ] = None,
-    address: Annotated[str | None, _option("Join this Ray cluster instead of starting one.", RESOURCES)] = None,
-    results_dir: Annotated[str | None, _option("Results folder or URI (default results).", OUTPUT)] = None,
+    address: Annotated[
+        str | None,
+        _option(
+            "Join this Ray cluster (HOST:PORT) instead of starting one; gives up after 25 s with what to check "
+            "(a token-authenticated cluster needs RAY_AUTH_MODE=token here).",
+            RESOURCES,
+        ),
+    ] = None,
+    results_dir: Annotated[
+        str | None,
+        _option(
+            "Results folder or URI (default results): a path, file:///abs/path or s3://bucket/prefix "
+            "(?endpoint_override=HOST:PORT for S3-compatible stores); checked before anything runs.",
+            OUTPUT,
+        ),
+    ] = None,
     name: Annotated[
         str | None, _option("Run name: the run lives in RESULTS_DIR/NAME (default default).", OUTPUT)
     ] = None,
@@ -130,13 +144,15 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
     from cvmf_ray import driver
     from cvmf_ray.datasets import DATASETS
     from cvmf_ray.lock import RunLock
-    from cvmf_ray.runner import RunStopped, Signals, StopSignal
+    from cvmf_ray.runner import RunStopped, Signals, StopSignal, probe_cluster
     from cvmf_ray.store import RunStore, StorageFull, run_location
 
     Signals.install()
     store = RunStore(run_location(cfg.results_dir, cfg.name))
     for dataset in cfg.datasets:
         DATASETS.get(dataset).check_available(cfg.data_root)
+    if cfg.address:
+        probe_cluster(cfg.address)
     store.probe_writable()
     if not resume and store.file_exists("grid.json"):
         raise UsageError(f"run {store.uri!r} already exists and --no-resume was given; choose another --name")

@@ -45,33 +45,17 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
     if len(done) == len(grid.cells) and _describes(previous, grid):
         log(f"run {store.display()}: all {len(grid.cells)} cells are finished; nothing to run")
         return Outcome(previous, ran=False)
-    store.remove_stale_temporaries()
-    store.write_json(grid.to_json(), "grid.json")
     rows, comparisons = rows_from_table(previous, done) if previous is not None else ({}, {})
     for stage, into in (("evaluate", rows), ("compare", comparisons)):
         missing = [c.key for c in grid.stage(stage) if c.key in done and c.key not in into]
         done -= _recover(store, grid, missing, into, stage)
     scheduler = Scheduler(grid, done)
     before = len(done)
-    searcher, stopped = None, None
-    if not scheduler.finished:
-        counts = ", ".join(f"{n} {stage}" for stage, n in grid.counts().items() if n)
-        log(f"run {store.display()}: {counts} cells; {len(grid.cells) - len(done)} to run")
-        progress = Progress(scheduler.counts, verbose, log)
-        try:
-            with Signals.deferring():
-                plan = connect(config, verbose)
-                Signals.install()  # again: ray.init replaced the SIGTERM handler with its own
-                try:
-                    Signals.raise_received()
-                    searcher = DagSearcher(scheduler, plan, store, progress, stop or StopSignal())
-                    fit(config, grid, store, searcher, plan)
-                finally:
-                    ray.shutdown()
-        except (Interrupted, RunStopped) as err:
-            stopped = err
-        finally:
-            progress.close()
+    if scheduler.finished:
+        _prepare(store, grid)
+        searcher, stopped = None, None
+    else:
+        searcher, stopped = _run_cells(config, grid, store, scheduler, log, verbose, stop or StopSignal())
         rows.update(searcher.rows if searcher else {})
         comparisons.update(searcher.comparisons if searcher else {})
     table = _table(config, grid, store, scheduler, listing.failed, rows, comparisons, started)
@@ -79,21 +63,55 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
     store.write_parquet(table, "results.parquet")
     if stopped is not None:
         finished = sum(1 for state in scheduler.state.values() if state == DONE)
-        stopped.summary = (
-            f"{finished} of {len(grid.cells)} cells are finished and kept, {finished - before} of them new"
-        )
+        stopped.summary = f"{finished} of {len(grid.cells)} cells are finished and kept ({finished - before} new)"
         raise stopped
     return Outcome(table, ran=searcher is not None)
 
 
+def _prepare(store: RunStore, grid: Grid) -> None:
+    """The first writes of an invocation, once nothing can refuse it any more."""
+    store.remove_stale_temporaries()
+    store.write_json(grid.to_json(), "grid.json")
+
+
+def _run_cells(config, grid, store, scheduler, log, verbose, stop) -> tuple[DagSearcher | None, BaseException | None]:
+    """Start Ray, run every unfinished cell, shut Ray down. Returns the searcher (what the cells reported) and
+    why the run stopped early, if it did (a signal, a full disk, a lost lock)."""
+    counts = ", ".join(f"{n} {stage}" for stage, n in grid.counts().items() if n)
+    log(f"run {store.display()}: {counts} cells; {sum(s != DONE for s in scheduler.state.values())} to run")
+    progress = Progress(scheduler.counts, verbose, log)
+    searcher = None
+    try:
+        with Signals.deferring():
+            plan = connect(config, verbose)
+            Signals.install()  # again: ray.init replaced the SIGTERM handler with its own
+            try:
+                Signals.raise_received()
+                _prepare(store, grid)
+                searcher = DagSearcher(scheduler, plan, store, progress, stop)
+                fit(config, grid, store, searcher, plan)
+            finally:
+                ray.shutdown()
+    except (Interrupted, RunStopped) as err:
+        return searcher, err
+    finally:
+        progress.close()
+    return searcher, None
+
+
 def _previous_table(store: RunStore, log) -> pa.Table | None:
+    """The run's results.parquet; None when there is none, or when it is damaged (said once, through `log`)."""
     if not store.file_exists("results.parquet"):
         return None
     try:
         return store.read_parquet("results.parquet")
     except (OSError, pa.ArrowException) as err:
-        log(f"warning: results.parquet is damaged ({err}); rebuilding it from evaluations/ and artifacts/")
+        log(f"warning: results.parquet is damaged ({_first_line(err)}); rebuilding it from evaluations/ and artifacts/")
         return None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _describes(table: pa.Table | None, grid: Grid) -> bool:
@@ -169,8 +187,9 @@ def read_grid(store: RunStore) -> Grid:
 
 def read_table(store: RunStore, log) -> pa.Table:
     """The run's results table; when results.parquet is missing or damaged, rebuilt (not written) from the cells'
-    metas and failure records (grid.json says which cells there are)."""
-    table = _previous_table(store, log)
+    metas and failure records (grid.json says which cells there are). Says so in one line through `log`."""
+    notes: list[str] = []
+    table = _previous_table(store, notes.append)
     if table is not None:
         return table
     grid = read_grid(store)
@@ -179,6 +198,7 @@ def read_table(store: RunStore, log) -> pa.Table:
     done = set(listing.done)
     for stage, into in (("evaluate", rows), ("compare", comparisons)):
         done -= _recover(store, grid, [c.key for c in grid.stage(stage) if c.key in done], into, stage, discard=False)
-    log(f"rebuilt {len(rows)} finished rows of {len(grid.stage('evaluate'))} from {store.uri}")
+    why = notes[0].removeprefix("warning: ").split(";")[0] if notes else "results.parquet is missing"
+    log(f"{why}: rebuilt {len(rows)} finished rows of {len(grid.stage('evaluate'))} from evaluations/ and artifacts/")
     return _table(None, grid, store, Scheduler(grid, done & grid.cells.keys()), listing.failed, rows, comparisons,
                   time.time())  # fmt: skip

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import defaultdict
@@ -122,7 +123,6 @@ def connect(config: GridConfig, verbose: bool) -> Plan:
     )
     common = {"logging_level": logging.ERROR, "log_to_driver": verbose, "namespace": f"cvmf-ray-{os.getpid()}"}
     if config.address:
-        _probe_cluster(config.address)
         ray.init(address=config.address, **common)
     else:
         import torch
@@ -146,12 +146,18 @@ except Exception as err:
 """
 
 
-def _probe_cluster(address: str) -> None:
+def probe_cluster(address: str) -> None:
     """Join once in a throwaway process with a deadline: a Ray driver pointed at a wrong address retries for
     minutes (and ignores SIGTERM meanwhile); this fails within JOIN_TIMEOUT_S with what to check."""
     advice = ("check the address (HOST:PORT of the head's GCS, `ray status` on the head prints it), that the "
               "cluster runs Ray 2.60, and for a token-authenticated cluster (Ray 2.60's default) that "
               "RAY_AUTH_MODE=token is set here")  # fmt: skip
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit():  # nothing listening fails at once, without starting a Ray driver
+        try:
+            socket.create_connection((host, int(port)), timeout=JOIN_TIMEOUT_S).close()
+        except OSError as err:
+            raise UsageError(f"cannot join the Ray cluster at {address!r}: {err.strerror or err}; {advice}") from None
     try:
         probe = subprocess.run([sys.executable, "-c", PROBE, address], capture_output=True, text=True,
                                timeout=JOIN_TIMEOUT_S)  # fmt: skip

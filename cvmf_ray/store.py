@@ -70,8 +70,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def run_location(results_dir: str, name: str) -> str:
     """RESULTS_DIR/NAME, for a path or a URI whose query (s3://b/p?endpoint_override=...) must stay at the end."""
-    if not results_dir.strip():
-        raise UsageError("results location '' is empty: give a folder or a URI such as s3://bucket/prefix")
+    filesystem(results_dir)  # refuses an empty location, a relative file URI, an unknown scheme
     if "://" not in results_dir:
         return f"{results_dir.rstrip('/')}/{name}"
     parsed = urlparse(results_dir)

@@ -47,7 +47,7 @@ from cvmf_ray.config import INT64
 from cvmf_ray.data import Augment, DeviceLoader
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.errors import UsageError
-from cvmf_ray.registry import Registry
+from cvmf_ray.registry import Registry, load_plugin
 
 
 @dataclass
@@ -131,24 +131,7 @@ def resolve_method(name: str) -> Method:
     """A registered method by name, or a user's function by dotted path `package.module:function`."""
     if ":" not in name:
         return METHODS.get(name)
-    module_name, _, attr = name.partition(":")
-    if not module_name or not attr.isidentifier():
-        raise UsageError(f"method {name!r} is not a dotted path of the form 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except KeyboardInterrupt:  # Ctrl-C during a slow import still interrupts
-        raise
-    except SystemExit as err:  # user code must not end the grid, least of all with "success"
-        raise UsageError(
-            f"cannot import module {module_name!r} for method {name!r}: it calls sys.exit({err.code!r}) on import"
-        ) from None
-    except BaseException as err:  # any other failure while importing user code is the user's input to fix
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"cannot import module {module_name!r} for method {name!r}: {reason}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        what = "has no attribute" if fn is None else "has a non-callable"
-        raise UsageError(f"module {module_name!r} {what} {attr!r}; method {name!r} needs a function")
+    fn = load_plugin(name, "method")
     return Method(name, fn, _params_type(name, fn))
 
 

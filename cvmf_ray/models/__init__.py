@@ -1,7 +1,8 @@
 """Model registry. `create_model("resnet18", in_channels=1, num_classes=10)` builds any registered model.
 
 Every entry takes `(in_channels, num_classes)` and returns a freshly initialised `nn.Module` for small
-images (8×8 to 32×32). Adding a model is one decorated function in a file of this package.
+images (8×8 to 32×32). Adding a model is one decorated function in a file of this package, or a function of
+your own named by dotted path (`--models mypkg.mymod:my_cnn`; importable on every Ray worker).
 """
 
 import importlib
@@ -11,7 +12,7 @@ from torch import nn
 
 from cvmf_ray.registry import Registry
 
-MODELS: Registry = Registry("model")
+MODELS: Registry = Registry("model", plugins=True)
 
 
 def create_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
