@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -64,9 +65,10 @@ def metas(run_dir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("artifacts/*/meta.json")}
 
 
-def comparable(table_path: Path) -> list[dict]:
+def comparable(table: Path | pa.Table) -> list[dict]:
     """Rows without the wall-clock columns, the only ones allowed to differ between identical runs."""
-    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in pq.read_table(table_path).to_pylist()]
+    rows = (pq.read_table(table) if isinstance(table, Path) else table).to_pylist()
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
 
 
 def start_driver(*args: str, log: Path) -> subprocess.Popen:
