@@ -43,6 +43,7 @@ from cvmf_ray.trial import CACHE_NAME, RESULT_KEY, ArtifactCache, RunSettings, c
 
 JOIN_TIMEOUT_S = 25  # joining --address gives up after this (a Ray driver otherwise retries for minutes)
 TARGET_BATCH_S = 20.0  # a cheap batch holds about this much estimated work
+FIRST_BATCH = 8  # cheap cells per batch until their duration has been measured
 PROCESS_MEMORY = 1 << 30  # what one trial process (torch, a dataset, a model) needs at least: caps concurrency
 CACHE_SHARE = 0.5  # of a node's object store that its artifact cache may hold
 EXPERIMENT = "dag"  # Tune's experiment name under RUN_DIR/tune
@@ -250,7 +251,7 @@ class DagSearcher(Searcher):
         """Spread the ready cheap cells over every slot, each batch about TARGET_BATCH_S of estimated work."""
         ready = self.scheduler.ready_count(solo=False)
         total, count = self.cheap_seconds
-        cap = max(1, int(TARGET_BATCH_S / (total / count))) if count else 8
+        cap = max(1, int(TARGET_BATCH_S * count / total)) if total > 0 else FIRST_BATCH
         return max(1, min(math.ceil(ready / self.plan.slots), cap))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -328,16 +329,19 @@ class RunControl(tune.Stopper, tune.Callback):
 # ---------------------------------------------------------------- one invocation
 
 
-def fit(config: GridConfig, grid: Grid, store: RunStore, searcher: DagSearcher, plan: Plan) -> None:
-    """Run every ready cell through one Tuner until the scheduler has nothing left to hand out."""
+def fit(config: GridConfig, grid: Grid, store: RunStore, searcher: DagSearcher, plan: Plan,
+        trainable: Callable = cell_trial) -> None:  # fmt: skip
+    """Run every ready cell through one Tuner until the scheduler has nothing left to hand out.
+
+    `trainable(config, run)` runs one trial's batch; scripts/bench_cluster.py passes one that only sleeps.
+    """
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(plan.slots)  # the searcher decides; Tune may queue this many
     settings = RunSettings(store.uri, config.data_root, config.train.checkpoint_every, config.train.compile,
                            [ray.put(grid.cells)])  # fmt: skip
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(cell_trial, run=settings), resources)
     control = RunControl(searcher)
     tuner = tune.Tuner(
-        trainable,
+        tune.with_resources(tune.with_parameters(trainable, run=settings), resources),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=-1,
