@@ -8,5 +8,7 @@ Plain functions (torch, numpy, scipy, scikit-learn; no Ray, no file I/O), one mo
 - `privacy_score`: the Machine-Unlearning-Comparator's single-model privacy score against retrain.
 - `relearn`: fine-tuning steps until forgotten knowledge returns.
 
+`logistic` is the batched one-feature logistic regression the loss attacks share (here and in `privacy`).
+
 Definitions and sources: `reference/unlearning-anchors.md` §1.3, §3.2, §4–5 and `reference/quant-mia.md` §5.
 """
