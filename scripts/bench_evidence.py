@@ -48,6 +48,7 @@ from cvmf_ray.stages.evaluate import predict
 FORGET = ForgetSpec("class", 0)
 METHODS = ("gradient_ascent", "finetune", "random_label")
 GRIDS = {"int8_weight": 8, "int4_weight": 4}
+REPEATS = 3  # per-row timings: the fastest of 3
 
 
 def grid_quantizer(bits: int):
@@ -66,6 +67,12 @@ def grid_quantizer(bits: int):
 def timed(fn, *args, **kwargs):
     started = time.perf_counter()
     return fn(*args, **kwargs), time.perf_counter() - started
+
+
+def fastest(repeats: int, fn, *args, **kwargs):
+    """`fn`'s result and its fastest of `repeats` runs: on a shared machine, the least disturbed one."""
+    runs = [timed(fn, *args, **kwargs) for _ in range(repeats)]
+    return runs[0][0], min(seconds for _, seconds in runs)
 
 
 def logits_of(model: nn.Module, splits: dict, data: ImageData) -> dict[str, torch.Tensor]:
@@ -89,7 +96,7 @@ def lr_draws_seconds(row_logits: dict, splits: dict) -> float:
     seconds = {}
     for draws in (1, privacy.LR_DRAWS):
         saved, privacy.LR_DRAWS = privacy.LR_DRAWS, draws
-        seconds[draws] = timed(privacy.seed_lr_accuracy, *losses)[1]
+        seconds[draws] = fastest(REPEATS, privacy.seed_lr_accuracy, *losses)[1]
         privacy.LR_DRAWS = saved
     return seconds[privacy.LR_DRAWS] - seconds[1]
 
@@ -126,27 +133,31 @@ def digits_section(relearn_params: RelearnParams) -> None:
     data = DATASETS.get("digits").load_data("~/.cache/cvmf-ray/data")
     splits = split_data(data, FORGET, seed=0)
     rows, train_s = timed(digits_rows, data)
-    print(f"## digits / small_cnn / forget class 0: 5 models trained or unlearnt in {train_s:.0f} s\n")
+    print(f"## digits / small_cnn / forget class 0: 5 models trained or unlearnt in {train_s:.0f} s")
+    print(
+        f"# per row, fastest of {REPEATS}: eval_s = evaluate() with 1 simple-MIA draw; lr_s = the other "
+        f"{privacy.LR_DRAWS - 1} draws; rest_s = every other per-row metric; added = (lr_s + rest_s) / eval_s\n"
+    )
     for row in rows.values():  # evaluate() as before issue 13: one simple-MIA draw
         saved, privacy.LR_DRAWS = privacy.LR_DRAWS, 1
-        row["base"], row["eval_s"] = timed(evaluate, row["model"], splits, data.mean, data.std)
+        row["base"], row["eval_s"] = fastest(REPEATS, evaluate, row["model"], splits, data.mean, data.std)
         privacy.LR_DRAWS = saved
         row["logits"] = logits_of(row["model"], splits, data)  # evaluate() computes these once already
         row["lr_extra_s"] = lr_draws_seconds(row["logits"], splits)
     print(
-        f"{'method':<16}{'quant':<12}{'eval_s':>7}{'added_s':>8}{'added':>7}{'forget':>7}{'ratio':>7}{'snap':>6}"
+        f"{'method':<16}{'quant':<12}{'eval_s':>7}{'lr_s':>6}{'rest_s':>7}{'added':>7}{'forget':>7}{'ratio':>7}{'snap':>6}"
         f"{'upd/step':>9}{'js_fgt':>7}{'kl_fgt':>7}{'js_tst':>7}{'PS':>6}{'relearn':>8}{'rl_s':>6}"
     )
     shares, relearn_s = [], []
     forget_x, forget_y = splits["forget_train"]
     for (name, mode), row in rows.items():
-        metrics, metrics_s = timed(added_metrics, row, rows["retrain", mode], splits, data)
+        metrics, metrics_s = fastest(REPEATS, added_metrics, row, rows["retrain", mode], splits, data)
         added_s = metrics_s + row["lr_extra_s"]
         shares.append(added_s / row["eval_s"])
         result = relearn(row["relearn_model"], forget_x, forget_y, data.mean, data.std, relearn_params)
         relearn_s.append(result["relearn_seconds"])
         print(
-            f"{name:<16}{mode:<12}{row['eval_s']:>7.3f}{added_s:>8.3f}{shares[-1]:>7.0%}"
+            f"{name:<16}{mode:<12}{row['eval_s']:>7.3f}{row['lr_extra_s']:>6.3f}{metrics_s:>7.3f}{shares[-1]:>7.0%}"
             f"{row['base']['forget_train_accuracy']:>7.3f}{fmt(metrics.get('quant_update_ratio')):>7}"
             f"{fmt(metrics.get('quant_snapped_back'), 2):>6}{fmt(metrics.get('quant_update_to_step'), 2):>9}"
             f"{fmt(metrics['js_to_retrain_forget_train']):>7}{fmt(metrics['kl_to_retrain_forget_train'], 2):>7}"
@@ -161,7 +172,7 @@ def digits_section(relearn_params: RelearnParams) -> None:
     seeds = 10
     models = [forget_logits[i % len(forget_logits)] for i in range(seeds)]
     _, fq_s = timed(forgetting_quality, models, models[::-1])
-    print(f"# forgetting quality, {seeds} seeds x {len(forget_x)} forget examples: {fq_s:.2f} s per group\n")
+    print(f"# forgetting quality, {seeds} seeds x {len(forget_x)} forget examples: {fq_s * 1000:.0f} ms per group\n")
 
 
 def forgetting_quality_floor(draws: int = 5) -> None:
