@@ -219,7 +219,7 @@ def fashion_section(root: str, epochs: int, relearn_params: RelearnParams) -> No
     forget = models["original"][1]["forget_train"][0]
     noisy = [[forget + 0.1 * torch.randn_like(forget) for _ in range(10)] for _ in range(2)]
     _, fq_s = timed(forgetting_quality, *noisy)
-    print(f"forgetting quality, 10 seeds x {len(forget)} forget examples: {fq_s:.1f} s per group")
+    print(f"forgetting quality, 10 seeds x {len(forget)} forget examples: {fq_s * 1000:.0f} ms per group")
     forget_x, forget_y = splits["forget_train"]
     for name, (model, _) in models.items():
         result = relearn(model, forget_x, forget_y, data.mean, data.std, relearn_params)
