@@ -10,8 +10,9 @@ the reference; fewer steps than retrain = the knowledge was still there.
 For quantized rows, pass `dequantized_copy(model, quantize_weight)`: the fp32 model whose Conv2d/Linear
 weights are the values the mode computes with.
 
-Meaningful for class forgetting. With random-sample forgetting the forget set is classified at test
-accuracy by every model, retrain included, so every count is 0 at the default threshold.
+Meaningful for class forgetting. With random-sample forgetting the retrain model classifies the forget set
+at test accuracy already (0 steps on digits), so a count above 0 only flags a model that forgot more than
+retrain did.
 """
 
 from __future__ import annotations
