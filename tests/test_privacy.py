@@ -3,6 +3,7 @@ saw class 0, on digits; and the flat metric dict evaluate() returns for the resu
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from cvmf_ray.config import TrainRecipe
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.forget import SPLITS, ForgetSpec, forget_mask, split_data
 from cvmf_ray.models import create_model
+from cvmf_ray.privacy import seed_lr_accuracy, svc_efficacy
 from cvmf_ray.stages import evaluate, quantize, train
 from cvmf_ray.stages.evaluate import METRICS
 from cvmf_ray.stages.quantize import calibration_images
@@ -76,3 +78,21 @@ def test_evaluate_returns_the_contract_columns(original, digits):
     assert random_forget["forget_test_accuracy"] is None
     assert all(math.isfinite(random_forget[name]) for name in MIA)
     assert random_forget["retain_test_accuracy"] == random_forget["test_accuracy"]
+
+
+def test_svc_shadow_set_is_every_nonmember_against_the_first_as_many_members():
+    # OPTML's SVC_MIA: members = retain-train[:len(non-members)]. The members past that point look like
+    # non-members here; were they used, the attack could not call the target non-member.
+    rng = np.random.default_rng(0)
+    members = np.r_[rng.uniform(0.6, 1.0, 300), rng.uniform(0.0, 0.4, 300)]
+    nonmembers = rng.uniform(0.0, 0.4, 300)
+    assert svc_efficacy(members, nonmembers, target=rng.uniform(0.0, 0.4, 50)) == 1.0
+    assert svc_efficacy(members, nonmembers, target=rng.uniform(0.6, 1.0, 50)) == 0.0
+
+
+def test_seed_lr_accuracy_is_at_chance_on_one_distribution_and_perfect_on_two():
+    rng = np.random.default_rng(1)
+    same = rng.exponential(1.0, size=(2, 200))
+    # the mean of 10 draws: a single draw wanders ±0.03 on 200 vs 200 samples
+    assert abs(seed_lr_accuracy(same[0], same[1]) - 0.5) < 0.05
+    assert seed_lr_accuracy(np.zeros(200), np.ones(300)) == 1.0  # the larger group is cut to balance
