@@ -149,9 +149,10 @@ def _model_source(grid, config, base, original, forget, method, recipe, augment)
 
 
 def _quantized_and_evaluated(grid, config, base, source, original, forget, method):
-    """Yield (quant, evaluate key) for every mode; quantized models measure their update against the original."""
+    """Yield (quant, evaluate key) for every mode; a quantized unlearnt model measures its update against the
+    original it was unlearnt from (its grandparent: a retrain is no update of the original)."""
     identity = {**base, "method": method, "forget": forget.as_dict()}
-    reference = {} if method == "original" else {"reference": original.key}
+    reference = {"reference": original.key} if source.stage == "unlearn" else {}
     for quant in quant_modes(config):
         model_cell, evaluate_inputs = source, {}
         if quant != "fp32":
@@ -163,13 +164,14 @@ def _quantized_and_evaluated(grid, config, base, source, original, forget, metho
 
 
 def _add_comparisons(grid, config, model, dataset, evaluations: dict[tuple, str]) -> None:
-    """One compare cell per (forget set, method, quant): every seed's model beside that seed's fp32 retrain."""
+    """One compare cell per (forget set, method, quant): every seed's model beside that seed's retrain model in
+    the same quant mode."""
     groups = {(forget, method, quant) for forget, method, quant, _ in evaluations}
     for forget, method, quant in sorted(groups, key=str):
         inputs = {}
         for seed in config.seeds:
             inputs[f"model:{seed}"] = evaluations[(forget, method, quant, seed)]
-            inputs[f"retrain:{seed}"] = evaluations[(forget, "retrain", "fp32", seed)]
+            inputs[f"retrain:{seed}"] = evaluations[(forget, "retrain", quant, seed)]
         params = {"model": model, "dataset": dataset, "seeds": list(config.seeds), "method": method,
                   "quant": quant, "forget": forget.as_dict()}  # fmt: skip
         grid.add(Cell.make("compare", None, params, inputs))

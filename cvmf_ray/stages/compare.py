@@ -1,21 +1,26 @@
-"""Stage 5: set each evaluated model beside the retrained gold standard, seed by seed.
+"""Stage 5: set each evaluated model beside the retrained gold standard, seed by seed and over all seeds.
 
-A compare cell reads the logits of one (method, quant) group's evaluations over every seed and of the fp32
-retrain evaluations of the same seeds, and returns per-row metrics keyed by evaluation key. A seed whose model
-or retrain did not finish is left out.
+A compare cell reads the logits of one (method, quant) group's evaluations at every seed and those of the
+retrain model of the same seed, forget set and quant mode (so quantization's own distortion cancels out, as in
+`gap_to_retrain`). Per row: the distance in output space (`evidence.outputs`) and the Comparator's privacy
+score; per group: the NeurIPS 2023 challenge's forgetting quality over the seeds, for class-wise forgetting
+only (a random forget set is drawn from the seed: no example is forgotten by every seed's model). A seed whose
+model or retrain did not finish is left out.
 """
 
 from __future__ import annotations
 
-import torch
-
 from cvmf_ray.errors import MissingInput
+from cvmf_ray.evidence.forgetting_quality import forgetting_quality
+from cvmf_ray.evidence.outputs import distance_to_retrain
+from cvmf_ray.evidence.privacy_score import privacy_score
 from cvmf_ray.forget import ForgetSpec, forget_mask
 
 
 def compare(cell, data, load) -> dict:
+    """{"rows": {evaluation key: per-row columns}, "group": columns shared by the group's rows}."""
     forget = ForgetSpec(**cell.params["forget"])
-    rows: dict[str, dict] = {}
+    rows, forgotten, forgotten_by_retrain = {}, [], []
     for seed in cell.params["seeds"]:
         model_key, retrain_key = cell.inputs[f"model:{seed}"], cell.inputs[f"retrain:{seed}"]
         try:
@@ -23,20 +28,11 @@ def compare(cell, data, load) -> dict:
         except MissingInput:
             continue
         in_forget = forget_mask(forget, data.train_y, seed)
-        rows[model_key] = {
-            **{f"{m}_to_retrain_forget_train": v
-               for m, v in distances(model["train"][in_forget], retrain["train"][in_forget]).items()},
-            **{f"{m}_to_retrain_test": v for m, v in distances(model["test"], retrain["test"]).items()},
-        }  # fmt: skip
-    return {"rows": rows, "group": {}}
-
-
-def distances(logits: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """Mean Jensen-Shannon divergence (base 2) and KL(reference ‖ model) between the two softmax outputs."""
-    if not len(logits):
-        return {"js": None, "kl": None}
-    log_p, log_q = torch.log_softmax(logits.double(), 1), torch.log_softmax(reference.double(), 1)
-    log_m = torch.logsumexp(torch.stack([log_p, log_q]), 0) - torch.log(torch.tensor(2.0, dtype=torch.float64))
-    kl = lambda a, b: (a.exp() * (a - b)).sum(1)  # noqa: E731
-    js = 0.5 * (kl(log_p, log_m) + kl(log_q, log_m)) / torch.log(torch.tensor(2.0, dtype=torch.float64))
-    return {"js": float(js.mean()), "kl": float(kl(log_q, log_p).mean())}
+        ours = {"forget_train": model["train"][in_forget], "test": model["test"]}
+        gold = {"forget_train": retrain["train"][in_forget], "test": retrain["test"]}
+        rows[model_key] = {**distance_to_retrain(ours, gold),
+                           "privacy_score": privacy_score(ours["forget_train"], gold["forget_train"])}  # fmt: skip
+        forgotten.append(ours["forget_train"])
+        forgotten_by_retrain.append(gold["forget_train"])
+    group = forgetting_quality(forgotten, forgotten_by_retrain) if forget.kind == "class" else {}
+    return {"rows": rows, "group": group}
