@@ -21,6 +21,7 @@ from torch import nn
 from cvmf_ray.config import TrainRecipe
 from cvmf_ray.data import Augment
 from cvmf_ray.datasets import DATASETS, ImageData
+from cvmf_ray.evidence.relearn import RelearnParams, dequantized_copy, relearn
 from cvmf_ray.forget import ForgetSpec, forget_mask, split_data
 from cvmf_ray.grid import Cell
 from cvmf_ray.models import create_model
@@ -178,7 +179,23 @@ def _evaluate(job: Job) -> StageOutput:
                        device=device)  # fmt: skip
     logits = {split: predict(model, x, data.mean, data.std, device, 1024)
               for split, x in (("train", data.train_x), ("test", data.test_x))}  # fmt: skip
+    if "relearn" in p:
+        metrics.update(_relearn(job, model))
     return StageOutput(metrics, job.parent_meta["quant"], logits, OUTPUTS)
+
+
+def _relearn(job: Job, model: nn.Module) -> dict:
+    """Relearn time from the evaluated model; a quantized one relearns from its grid's weights in fp32 (the
+    mode's `quantize_weight` applied to its fp32 source), since quantized layers do not train."""
+    p, data = job.params, job.data
+    if job.parent_meta["quant"] != "fp32":
+        source_meta, source_tensors = job.load(job.cell.inputs["source"])
+        quantize_weight = QUANT_MODES.get(job.parent_meta["quant"]).quantize_weight
+        model = dequantized_copy(restore_model(source_meta, source_tensors), quantize_weight)
+    forget = forget_mask(ForgetSpec(**p["forget"]), data.train_y, p["seed"])
+    params = RelearnParams(**p["relearn"])
+    return relearn(model, data.train_x[forget], data.train_y[forget], data.mean, data.std, params,
+                   device=job.settings.device)  # fmt: skip
 
 
 def _compare(job: Job) -> StageOutput:

@@ -97,6 +97,13 @@ def grid(
     dry_run: Annotated[bool, _option("Print the expanded grid and run nothing.", OUTPUT)] = False,
     resume: Annotated[bool, _option("Reuse an existing run's finished cells (default on).", OUTPUT)] = True,
     dashboard: Annotated[bool, _option("Start Ray's dashboard on 127.0.0.1.", RESOURCES)] = False,
+    relearn: Annotated[
+        bool | None,
+        _option(
+            "Also measure each model's relearn time: steps of fine-tuning on 32 forget images until it "
+            "recognises the forgotten class again (default off; relearn_params in YAML tune it)."
+        ),
+    ] = None,
     verbose: Annotated[bool, _option("One line per finished cell, and the trials' own output.", OUTPUT)] = False,
 ) -> None:
     """Run the whole pipeline (train, unlearn, quantize, evaluate) for every combination.
@@ -132,6 +139,7 @@ def grid(
         name=name,
         max_failures=max_failures,
         dashboard=dashboard or None,
+        relearn=relearn,
     )
     expanded = expand_grid(cfg)
     if dry_run:

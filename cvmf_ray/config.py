@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cvmf_ray.errors import UsageError
+from cvmf_ray.evidence.relearn import RelearnParams
 
 MAX_SEED = 2**32 - 1  # numpy's RandomState, and so sklearn's random_state, takes 0..2**32-1
 MAX_COUNT = 2**31 - 1  # epochs, batch sizes, image counts: int32, which every torch size and derived seed fits
@@ -83,8 +84,8 @@ class GridConfig(BaseModel):
     unlearn_epochs: Count | None = None  # overrides every method's own default
     method_params: dict[str, dict[str, Any]] = {}  # e.g. {"finetune": {"lr": 0.01}}
     calibration_size: Count = 512  # retain-train images used to calibrate quantization
-    relearn: bool = False  # measure relearn time of every evaluated model (evaluate cells fine-tune a copy)
-    relearn_params: dict[str, Any] = {}  # overrides of the relearn defaults (cvmf_ray/evidence)
+    relearn: bool = False  # measure every evaluated model's relearn time (its evaluate cell fine-tunes a copy)
+    relearn_params: RelearnParams = RelearnParams()  # how (cvmf_ray/evidence/relearn.py says why each default)
     data_root: str = "~/.cache/cvmf-ray/data"
     # where and on what
     results_dir: str = "results"

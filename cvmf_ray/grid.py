@@ -159,7 +159,8 @@ def _quantized_and_evaluated(grid, config, base, source, original, forget, metho
             params = {**identity, "quant": quant, "calibration_size": config.calibration_size}
             model_cell = grid.add(Cell.make("quantize", source.key, params, reference))
             evaluate_inputs = {"source": source.key} if config.relearn else {}
-        params = {**identity, "quant": quant, **({"relearn": config.relearn_params} if config.relearn else {})}
+        relearn = {"relearn": config.relearn_params.model_dump()} if config.relearn else {}
+        params = {**identity, "quant": quant, **relearn}
         yield quant, grid.add(Cell.make("evaluate", model_cell.key, params, evaluate_inputs)).key
 
 

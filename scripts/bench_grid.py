@@ -7,8 +7,9 @@ Stage time is the union of the wall-clock intervals during which at least one st
 (recorded in every artifact's meta.json), so two trials running side by side are not counted twice.
 Overhead share = (wall - stage time) / wall; wall includes the CLI's start, Ray's start and shutdown.
 
-Ray's floor puts that share in context: the same Tuner waves, with as many trials each, run by a
-process that imports only Ray and whose trials do nothing. No grid on this machine can cost less.
+Ray's floor puts that share in context: one Tuner with as many trials as the run used (its searcher
+hands them out, `reuse_actors` as cvmf-ray sets it), run by a process that imports only Ray and whose trials
+do nothing. No grid on this machine can cost less; overhead above the floor = wall - stage time - floor.
 """
 
 import json
@@ -40,30 +41,41 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def empty_waves(trials_per_wave: list[int]) -> None:
-    """Ray's floor: start Ray, one Tuner per wave whose trials only report, shut down (Tune set up as
-    cvmf-ray sets it up: only the JSON result logger)."""
+def empty_trials(trials: int) -> None:
+    """Ray's floor: start Ray, one Tuner whose searcher hands out `trials` trials that only report, shut down
+    (Tune set up as cvmf-ray sets it up: no result loggers, reused trial processes)."""
     import ray
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.search import Searcher
+
+    class Handout(Searcher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.left = trials
+
+        def suggest(self, trial_id):
+            self.left -= 1
+            return {"n": self.left} if self.left >= 0 else Searcher.FINISHED
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            assert not error, f"trial {trial_id} failed"
 
     os.environ.update(RAY_AIR_NEW_OUTPUT="0", TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(os.cpu_count())
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     storage = tempfile.mkdtemp(prefix="bench-floor-")
-    for wave, trials in enumerate(trials_per_wave):
-        tune.Tuner(
-            tune.with_resources(lambda config: tune.report({"done": 1}), {"cpu": 1}),
-            param_space={"trial": tune.grid_search(list(range(trials)))},
-            run_config=tune.RunConfig(
-                name=f"wave{wave}", storage_path=storage, verbose=0, callbacks=[JsonLoggerCallback()]
-            ),
-        ).fit()
+    tune.Tuner(
+        tune.with_resources(lambda config: tune.report({"x": 1}), {"cpu": 1}),
+        tune_config=tune.TuneConfig(search_alg=Handout(), num_samples=-1, reuse_actors=True),
+        run_config=tune.RunConfig(name="floor", storage_path=storage, verbose=0),
+    ).fit()
     ray.shutdown()
     shutil.rmtree(storage)
 
 
 def main() -> None:
     extra = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
+    load = os.getloadavg()[0]
     results = Path(tempfile.mkdtemp(prefix="bench-grid-"))
     command = [str(Path(sys.executable).with_name("cvmf-ray")), "grid", "--results-dir", str(results), *extra]
     wall = timed(command)
@@ -71,28 +83,29 @@ def main() -> None:
     for meta_file in results.glob("*/artifacts/*/meta.json"):
         meta = json.loads(meta_file.read_text())
         intervals.setdefault(meta["stage"], []).append(tuple(meta["interval"]))
-    stages = ("train", "unlearn", "quantize", "evaluate")
-    records = [record for stage in stages for record in results.glob(f"*/waves/{stage}.json")]
-    waves = [json.loads(record.read_text())["batches"] for record in records]
+    trials = len(list(results.glob("*/tune/dag/*-*")))
     stage_time = union_seconds([i for spans in intervals.values() for i in spans])
-    floor = timed([sys.executable, __file__, "--empty-waves", ",".join(map(str, waves))])
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    floor = timed([sys.executable, __file__, "--empty-trials", str(trials)])
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"load average at start {load:.1f}")  # fmt: skip
     print(f"command: cvmf-ray {' '.join(command[1:])}")
     for stage, spans in intervals.items():
         summed = sum(b - a for a, b in spans)
         print(f"  {stage:9} {len(spans):3} cells, busy {union_seconds(spans):6.2f} s, summed {summed:6.2f} s")
     share = (wall - stage_time) / wall
-    print(f"wall {wall:.1f} s, inside stage functions {stage_time:.1f} s, Ray overhead share {share:.1%}")
     print(
-        f"Ray's floor ({len(waves)} waves of {waves} trials that do nothing): {floor:.1f} s; "
-        f"overhead above it {wall - stage_time - floor:.1f} s; with this much stage time no run "
-        f"can have a share below {floor / (floor + stage_time):.1%}"
+        f"wall {wall:.1f} s (target <= 25), inside stage functions {stage_time:.1f} s, Ray overhead share {share:.1%}"
+    )
+    print(
+        f"Ray's floor (one Tuner, {trials} trials that do nothing): {floor:.1f} s; overhead above it "
+        f"{wall - stage_time - floor:.1f} s (target <= 3); with this much stage time no run can have a share "
+        f"below {floor / (floor + stage_time):.1%}"
     )
     shutil.rmtree(results)
 
 
 if __name__ == "__main__":
-    if "--empty-waves" in sys.argv:
-        empty_waves([int(n) for n in sys.argv[sys.argv.index("--empty-waves") + 1].split(",")])
+    if "--empty-trials" in sys.argv:
+        empty_trials(int(sys.argv[sys.argv.index("--empty-trials") + 1]))
     else:
         main()
