@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from cvmf_ray import privacy
-from cvmf_ray.config import TrainRecipe
+from cvmf_ray.config import load_config
 from cvmf_ray.datasets import DATASETS, ImageData
 from cvmf_ray.evidence.forgetting_quality import forgetting_quality
 from cvmf_ray.evidence.mechanism import quant_update, quantized_weight_names
@@ -109,10 +109,11 @@ def digits_rows(data: ImageData) -> dict[tuple[str, str], dict]:
         torch.manual_seed(0)
         return create_model("small_cnn", 1, data.num_classes)
 
-    original = train(fresh(), data, TrainRecipe(), seed=0)[0]
-    fp32 = {"original": original, "retrain": train(fresh(), data, TrainRecipe(), seed=0, exclude=mask)[0]}
+    recipe = load_config().recipe_for("digits")
+    original = train(fresh(), data, recipe, seed=0)[0]
+    fp32 = {"original": original, "retrain": train(fresh(), data, recipe, seed=0, exclude=mask)[0]}
     for name in METHODS:
-        hparams = resolve_method(name).resolve_params({}, None)
+        hparams = resolve_method(name).resolve_params({}, None, "digits")
         fp32[name] = unlearn(copy.deepcopy(original), data, FORGET, name, hparams, seed=0)[0]
     rows = {}
     for name, model in fp32.items():
@@ -194,7 +195,7 @@ def fashion_section(root: str, epochs: int, relearn_params: RelearnParams) -> No
     data = DATASETS.get("fashionmnist").load_data(root)
     splits = split_data(data, FORGET, seed=0)
     mask = forget_mask(FORGET, data.train_y, seed=0)
-    recipe = TrainRecipe(epochs=epochs, batch_size=128)
+    recipe = load_config(epochs=epochs).recipe_for("fashionmnist")
     models = {}
     for name, exclude in (("original", None), ("retrain", mask)):
         torch.manual_seed(0)

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from cvmf_ray.config import TrainRecipe
+from cvmf_ray.config import load_config
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.evidence.relearn import RelearnParams, dequantized_copy, relearn
 from cvmf_ray.forget import ForgetSpec, forget_mask
@@ -30,7 +30,7 @@ def forget_set(digits):
 
 def _train(digits, exclude=None):
     torch.manual_seed(0)
-    recipe = TrainRecipe(epochs=6, batch_size=64, lr=0.05)
+    recipe = load_config(epochs=6).recipe_for("digits")
     return train(create_model("small_cnn", 1, 10), digits, recipe, seed=0, exclude=exclude)[0]
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvmf_ray.config import TrainRecipe
+from cvmf_ray.config import load_config
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.forget import SPLITS, ForgetSpec, forget_mask, split_data
 from cvmf_ray.models import create_model
@@ -27,7 +27,7 @@ def digits():
 
 def _train(digits, exclude=None):
     torch.manual_seed(0)
-    recipe = TrainRecipe(epochs=6, batch_size=64, lr=0.05)
+    recipe = load_config(epochs=6).recipe_for("digits")
     return train(create_model("small_cnn", 1, 10), digits, recipe, seed=0, exclude=exclude)[0]
 
 
