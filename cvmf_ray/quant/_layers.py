@@ -1,10 +1,13 @@
 """Conv/linear layers that keep their weight on a low-precision grid, shared by the weight-only and fp8 modes.
 
-Each weight is stored as codes on the grid plus one fp32 scale per output channel (symmetric,
-`scale = amax / grid.qmax`), and dequantized on the fly; with `quantize_inputs`, the layer's input is also
-quantized onto the grid with one static, calibrated per-tensor scale. Everything else (BatchNorm, residual
-adds, pooling) stays fp32. Per-output-channel scales make BatchNorm folding unnecessary: folding multiplies
-each output channel by a constant, which its scale absorbs, so the codes come out the same.
+Each weight is stored as codes on the grid plus fp32 scales (symmetric, `scale = amax / grid.qmax`): one
+scale per output channel, or, with `group_size`, one per group of that many consecutive input elements of an
+output channel (a conv's C_in×kh×kw flattened; the standard recipe for 4-bit weights). The weight is decoded
+once, when the layer is built or loaded, into a non-persistent fp32 buffer the forward reads. With
+`quantize_inputs`, the layer's input is also cast onto the grid with one static, calibrated per-tensor
+scale. Everything else (BatchNorm, residual adds, pooling) stays fp32. Per-output-channel (and per-group)
+scales make BatchNorm folding unnecessary: folding multiplies each output channel by a constant, which its
+scales absorb, so the codes come out the same.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from cvmf_ray.errors import CellError
 from cvmf_ray.quant import QuantMode, run_calibration
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
+NO_LAYERS = "quantizes Conv2d and Linear layers, and this model has none"
 
 
 class IntGrid:
@@ -49,6 +53,9 @@ class FloatGrid:
         return codes.float().reshape(shape)
 
 
+Grid = IntGrid | FloatGrid
+
+
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     """int8 values in [-8, 7] -> uint8, two per byte (low nibble first), padded to an even count."""
     nibbles = (codes.flatten().to(torch.int16) + 8).to(torch.uint8)
@@ -61,41 +68,87 @@ def unpack_int4(packed: torch.Tensor, count: int) -> torch.Tensor:
     return nibbles.to(torch.int8) - 8
 
 
-class QuantizedLayer(nn.Module):
-    """A Conv2d or Linear whose weight lives as grid codes + per-output-channel fp32 scales."""
+def _groups(weight_2d: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """[C_out, K] -> [C_out, groups, group_size], the last group zero-padded (zeros never raise an amax)."""
+    k = weight_2d.shape[1]
+    size = k if group_size is None else min(group_size, k)
+    return F.pad(weight_2d, (0, -k % size)).view(weight_2d.shape[0], -1, size)
 
-    def __init__(self, layer: nn.Conv2d | nn.Linear, grid: IntGrid | FloatGrid, quantize_inputs: bool) -> None:
+
+def encode_weight(weight: torch.Tensor, grid: Grid, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, scales [C_out, groups]) of a Conv2d/Linear weight: symmetric, `amax / qmax` per group."""
+    groups = _groups(weight.detach().float().flatten(1), group_size)
+    scale = groups.abs().amax(2, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) / grid.qmax
+    values = (groups / scale).flatten(1)[:, : weight[0].numel()]
+    return grid.encode(values), scale.squeeze(2)
+
+
+def decode_weight(
+    codes: torch.Tensor, scale: torch.Tensor, shape: torch.Size, grid: Grid, group_size: int | None
+) -> torch.Tensor:
+    """The fp32 weight a layer computes with: the inverse of `encode_weight` up to the grid's rounding."""
+    values = grid.decode(codes, torch.Size([shape[0], shape[1:].numel()]))
+    return (_groups(values, group_size) * scale.unsqueeze(2)).flatten(1)[:, : shape[1:].numel()].reshape(shape)
+
+
+class QuantizedLayer(nn.Module):
+    """A Conv2d or Linear whose weight lives as grid codes + fp32 scales, decoded once into `weight`."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, grid: Grid, quantize_inputs: bool, group_size: int | None):
         super().__init__()
-        self.layer, self.grid = layer, grid
-        weight = layer.weight.detach().float()
-        self.weight_shape = weight.shape
-        amax = weight.abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float32).tiny)
-        scale = (amax / grid.qmax).view(-1, *([1] * (weight.dim() - 1)))
-        self.register_buffer("qweight", grid.encode(weight / scale))
+        self.layer, self.grid, self.group_size = layer, grid, group_size
+        self.weight_shape = layer.weight.shape
+        codes, scale = encode_weight(layer.weight, grid, group_size)
+        self.register_buffer("qweight", codes)
         self.register_buffer("weight_scale", scale)
         # set from calibration (or loaded by restore); None = activations stay fp32
         self.register_buffer("input_scale", torch.ones(()) if quantize_inputs else None)
         del layer.weight  # the grid copy is the only one kept
+        # decoded once per model: non-persistent, so it moves with .to() but is not stored
+        self.register_buffer("weight", self.decoded_weight(), persistent=False)
+        self.register_load_state_dict_post_hook(QuantizedLayer.decode)
+
+    def decode(self, _incompatible_keys=None) -> None:
+        """Refresh the decoded weight (after the codes and scales were loaded)."""
+        with torch.no_grad():
+            self.weight.copy_(self.decoded_weight())
+
+    def decoded_weight(self) -> torch.Tensor:
+        return decode_weight(self.qweight, self.weight_scale, self.weight_shape, self.grid, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = self.grid.decode(self.grid.encode(x / self.input_scale), x.shape) * self.input_scale
-        weight = self.grid.decode(self.qweight, self.weight_shape) * self.weight_scale
         if isinstance(self.layer, nn.Conv2d):
-            return self.layer._conv_forward(x, weight, self.layer.bias)
-        return F.linear(x, weight, self.layer.bias)
+            return self.layer._conv_forward(x, self.weight, self.layer.bias)
+        return F.linear(x, self.weight, self.layer.bias)
 
 
-def wrap_layers(model: nn.Module, wrap: Callable[[str, nn.Module], nn.Module], prefix: str = "") -> int:
-    """Replace every Conv2d/Linear (recursively, in place) by `wrap(qualified_name, layer)`; return how many."""
+def aligned(weight: torch.Tensor) -> bool:
+    """Whether a low-precision GEMM kernel can run a layer: input and output channels multiples of 16.
+
+    torchao's float8 configs skip every other layer, leaving it in the model's dtype (`_fp8_mm_compat`; for
+    convs C_in and C_out % 16), as tensor-core int4/fp8 kernels need aligned dimensions. In this project's
+    models these are the image-facing first conv (1 or 3 input channels, 9 or 27 weights per output), the
+    classifier (10 or 100 outputs) and MobileNetV2's depthwise convs: the first and last layers that the
+    standard low-bit recipes keep at higher precision.
+    """
+    return weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0
+
+
+def wrap_layers(
+    model: nn.Module, wrap: Callable[[str, nn.Module], nn.Module], eligible: Callable[[nn.Module], bool], prefix=""
+) -> int:
+    """Replace every eligible Conv2d/Linear (recursively, in place) by `wrap(qualified_name, layer)`; count them."""
     count = 0
     for name, child in model.named_children():
         qualified = f"{prefix}{name}"
         if isinstance(child, QUANTIZABLE):
-            setattr(model, name, wrap(qualified, child))
-            count += 1
+            if eligible(child):
+                setattr(model, name, wrap(qualified, child))
+                count += 1
         else:
-            count += wrap_layers(child, wrap, f"{qualified}.")
+            count += wrap_layers(child, wrap, eligible, f"{qualified}.")
     return count
 
 
@@ -119,10 +172,14 @@ def input_amax(model: nn.Module, calibration: torch.Tensor) -> dict[str, float]:
 
 
 class GridMode(QuantMode):
-    """A mode built on `QuantizedLayer`: every Conv2d/Linear gets `grid` weights (and, optionally, inputs)."""
+    """A mode built on `QuantizedLayer`: every Conv2d/Linear (with `aligned_only`, every `aligned` one) gets
+    `grid` weights and, with `quantize_inputs`, grid inputs; the other layers stay fp32."""
 
-    def __init__(self, name: str, grid: IntGrid | FloatGrid, quantize_inputs: bool) -> None:
-        self.name, self.grid, self.quantize_inputs = name, grid, quantize_inputs
+    def __init__(
+        self, name: str, grid: Grid, quantize_inputs: bool, group_size: int | None = None, aligned_only: bool = False
+    ) -> None:
+        self.name, self.grid, self.quantize_inputs, self.group_size = name, grid, quantize_inputs, group_size
+        self.aligned_only = aligned_only
 
     def quantize(self, model, calibration):
         return self.build(model, input_amax(model, calibration) if self.quantize_inputs else None)
@@ -132,15 +189,27 @@ class GridMode(QuantMode):
         qmodel.load_state_dict(state)
         return qmodel
 
+    def applies_to(self, weight: torch.Tensor) -> bool:
+        return aligned(weight) or not self.aligned_only
+
+    def quantize_weight(self, weight):
+        """The weight `QuantizedLayer` decodes for `weight` (the same functions); itself where the mode leaves
+        its layer fp32."""
+        if not self.applies_to(weight):
+            return weight.detach().float()
+        codes, scale = encode_weight(weight, self.grid, self.group_size)
+        return decode_weight(codes, scale, weight.shape, self.grid, self.group_size)
+
     def build(self, model: nn.Module, amax: dict[str, float] | None = None) -> nn.Module:
         """Wrap the layers of `model` in place; `amax` (calibrated input ranges) sets the input scales."""
 
         def wrap(name: str, layer: nn.Module) -> QuantizedLayer:
-            qlayer = QuantizedLayer(layer, self.grid, self.quantize_inputs)
+            qlayer = QuantizedLayer(layer, self.grid, self.quantize_inputs, self.group_size)
             if amax is not None:
                 qlayer.input_scale.fill_(max(amax.get(name, 0.0), 1e-12) / self.grid.qmax)
             return qlayer
 
-        if not wrap_layers(model, wrap):
-            raise CellError(f"{self.name} quantizes Conv2d and Linear weights, and this model has neither")
+        if not wrap_layers(model, wrap, lambda layer: self.applies_to(layer.weight)):
+            rule = " whose input and output channels are multiples of 16" if self.aligned_only else ""
+            raise CellError(f"{self.name} {NO_LAYERS}{rule}")
         return model
