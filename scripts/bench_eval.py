@@ -74,7 +74,7 @@ def run_evaluate(model, data, seed: int = 0) -> dict:
 def machine(threads: int) -> str:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
-    code = Path(cvmf_ray.__file__).parent.parent
+    code = Path(list(cvmf_ray.__path__)[0]).parent
     commit = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return (
         f"torch {torch.__version__}, CPython {platform.python_version()}; CPU: {cpu}, {os.cpu_count()} cores, "

@@ -10,7 +10,8 @@ accuracy and its change against fp32 in points, top-1 agreement with fp32, KL(fp
 quantize and restore seconds. The targets: `int8`, `int8_weight`, `fp8_e4m3` within 1 point and ≥ 98%
 agreement, `int4_weight` within 3 points. `int8` evaluates as compiled x86 int8 kernels (what `evaluate`
 runs on this CPU); the extra row `int8 eager` is the same graph's quantize/dequantize ops in eager mode.
-Speed is scripts/bench_eval.py's business.
+Speed is scripts/bench_eval.py's business. Runs against older checkouts too (`PYTHONPATH=<old checkout>`, the
+same `--cache`): a before/after comparison on the same trained models.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def bench(arch: str, seed: int, data, calibration, cache: Path | None) -> None:
     print(f"\n{arch}, seed {seed}: {how}")
     print(f"{'mode':<12} {'test acc':>8} {'Δ pt':>6} {'agree':>7} {'KL':>8} {'bytes':>10} {'vs fp32':>7} "
           f"{'quant s':>7} {'restore s':>9}")  # fmt: skip
-    reference = predict(model, data.test_x, data.mean, data.std)
+    reference = predict(model, data.test_x, data.mean, data.std, "cpu", 64)
     fp32_bytes = QUANT_MODES.get("fp32").model_bytes(model)
     for mode in MODES:
         qmodel, metrics = quantize(model, mode, calibration)
@@ -77,8 +78,8 @@ def bench(arch: str, seed: int, data, calibration, cache: Path | None) -> None:
         started = time.perf_counter()
         restored = impl.restore(create_model(arch, 1, 10).eval(), state)
         restore_seconds = time.perf_counter() - started
-        logits = predict(restored, data.test_x, data.mean, data.std)
-        if not torch.equal(logits, predict(qmodel, data.test_x, data.mean, data.std)):
+        logits = predict(restored, data.test_x, data.mean, data.std, "cpu", 64)
+        if not torch.equal(logits, predict(qmodel, data.test_x, data.mean, data.std, "cpu", 64)):
             raise SystemExit(f"{arch} {mode}: the restored model differs from the quantized one")
         size = metrics["model_bytes"]
         print(row(mode, logits, reference, data, size, fp32_bytes, metrics["quantize_seconds"], restore_seconds))

@@ -1,13 +1,12 @@
 """Conv/linear layers that keep their weight on a low-precision grid, shared by the weight-only and fp8 modes.
 
-Each weight is stored as codes on the grid plus fp32 scales (symmetric, `scale = amax / grid.qmax`): one
-scale per output channel, or, with `group_size`, one per group of that many consecutive input elements of an
-output channel (a conv's C_in×kh×kw flattened; the standard recipe for 4-bit weights). The weight is decoded
-once, when the layer is built or loaded, into a non-persistent fp32 buffer the forward reads. With
-`quantize_inputs`, the layer's input is also cast onto the grid with one static, calibrated per-tensor
-scale. Everything else (BatchNorm, residual adds, pooling) stays fp32. Per-output-channel (and per-group)
-scales make BatchNorm folding unnecessary: folding multiplies each output channel by a constant, which its
-scales absorb, so the codes come out the same.
+Each weight is stored as codes on the grid plus one fp32 scale per output channel (symmetric,
+`scale = amax / grid.qmax`) and decoded once, when the layer is built or loaded, into a non-persistent fp32
+buffer the forward reads (the same values decoding on every forward gave). With `quantize_inputs`, the
+layer's input is also cast onto the grid with one static, calibrated per-tensor scale. Everything else
+(BatchNorm, residual adds, pooling) stays fp32. Per-output-channel scales make BatchNorm folding
+unnecessary: folding multiplies each output channel by a constant, which its scale absorbs, so the codes
+come out the same.
 """
 
 from __future__ import annotations
@@ -68,37 +67,27 @@ def unpack_int4(packed: torch.Tensor, count: int) -> torch.Tensor:
     return nibbles.to(torch.int8) - 8
 
 
-def _groups(weight_2d: torch.Tensor, group_size: int | None) -> torch.Tensor:
-    """[C_out, K] -> [C_out, groups, group_size], the last group zero-padded (zeros never raise an amax)."""
-    k = weight_2d.shape[1]
-    size = k if group_size is None else min(group_size, k)
-    return F.pad(weight_2d, (0, -k % size)).view(weight_2d.shape[0], -1, size)
+def encode_weight(weight: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, per-output-channel scales) of a Conv2d/Linear weight: symmetric, scale = amax / qmax."""
+    weight = weight.detach().float()
+    amax = weight.abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = (amax / grid.qmax).view(-1, *[1] * (weight.dim() - 1))
+    return grid.encode(weight / scale), scale
 
 
-def encode_weight(weight: torch.Tensor, grid: Grid, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes, scales [C_out, groups]) of a Conv2d/Linear weight: symmetric, `amax / qmax` per group."""
-    groups = _groups(weight.detach().float().flatten(1), group_size)
-    scale = groups.abs().amax(2, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) / grid.qmax
-    values = (groups / scale).flatten(1)[:, : weight[0].numel()]
-    return grid.encode(values), scale.squeeze(2)
-
-
-def decode_weight(
-    codes: torch.Tensor, scale: torch.Tensor, shape: torch.Size, grid: Grid, group_size: int | None
-) -> torch.Tensor:
-    """The fp32 weight a layer computes with: the inverse of `encode_weight` up to the grid's rounding."""
-    values = grid.decode(codes, torch.Size([shape[0], shape[1:].numel()]))
-    return (_groups(values, group_size) * scale.unsqueeze(2)).flatten(1)[:, : shape[1:].numel()].reshape(shape)
+def decode_weight(codes: torch.Tensor, scale: torch.Tensor, shape: torch.Size, grid: Grid) -> torch.Tensor:
+    """The fp32 weight a layer computes with."""
+    return grid.decode(codes, shape) * scale
 
 
 class QuantizedLayer(nn.Module):
     """A Conv2d or Linear whose weight lives as grid codes + fp32 scales, decoded once into `weight`."""
 
-    def __init__(self, layer: nn.Conv2d | nn.Linear, grid: Grid, quantize_inputs: bool, group_size: int | None):
+    def __init__(self, layer: nn.Conv2d | nn.Linear, grid: Grid, quantize_inputs: bool) -> None:
         super().__init__()
-        self.layer, self.grid, self.group_size = layer, grid, group_size
+        self.layer, self.grid = layer, grid
         self.weight_shape = layer.weight.shape
-        codes, scale = encode_weight(layer.weight, grid, group_size)
+        codes, scale = encode_weight(layer.weight, grid)
         self.register_buffer("qweight", codes)
         self.register_buffer("weight_scale", scale)
         # set from calibration (or loaded by restore); None = activations stay fp32
@@ -114,7 +103,7 @@ class QuantizedLayer(nn.Module):
             self.weight.copy_(self.decoded_weight())
 
     def decoded_weight(self) -> torch.Tensor:
-        return decode_weight(self.qweight, self.weight_scale, self.weight_shape, self.grid, self.group_size)
+        return decode_weight(self.qweight, self.weight_scale, self.weight_shape, self.grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
@@ -175,11 +164,8 @@ class GridMode(QuantMode):
     """A mode built on `QuantizedLayer`: every Conv2d/Linear (with `aligned_only`, every `aligned` one) gets
     `grid` weights and, with `quantize_inputs`, grid inputs; the other layers stay fp32."""
 
-    def __init__(
-        self, name: str, grid: Grid, quantize_inputs: bool, group_size: int | None = None, aligned_only: bool = False
-    ) -> None:
-        self.name, self.grid, self.quantize_inputs, self.group_size = name, grid, quantize_inputs, group_size
-        self.aligned_only = aligned_only
+    def __init__(self, name: str, grid: Grid, quantize_inputs: bool, aligned_only: bool = False) -> None:
+        self.name, self.grid, self.quantize_inputs, self.aligned_only = name, grid, quantize_inputs, aligned_only
 
     def quantize(self, model, calibration):
         return self.build(model, input_amax(model, calibration) if self.quantize_inputs else None)
@@ -197,14 +183,13 @@ class GridMode(QuantMode):
         its layer fp32."""
         if not self.applies_to(weight):
             return weight.detach().float()
-        codes, scale = encode_weight(weight, self.grid, self.group_size)
-        return decode_weight(codes, scale, weight.shape, self.grid, self.group_size)
+        return decode_weight(*encode_weight(weight, self.grid), weight.shape, self.grid)
 
     def build(self, model: nn.Module, amax: dict[str, float] | None = None) -> nn.Module:
         """Wrap the layers of `model` in place; `amax` (calibrated input ranges) sets the input scales."""
 
         def wrap(name: str, layer: nn.Module) -> QuantizedLayer:
-            qlayer = QuantizedLayer(layer, self.grid, self.quantize_inputs, self.group_size)
+            qlayer = QuantizedLayer(layer, self.grid, self.quantize_inputs)
             if amax is not None:
                 qlayer.input_scale.fill_(max(amax.get(name, 0.0), 1e-12) / self.grid.qmax)
             return qlayer
