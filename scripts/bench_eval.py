@@ -10,8 +10,9 @@ safetensors bytes as an evaluate cell does, and times `evaluate`: wall time and 
 machine is shared: CPU time is the steadier number; inductor's compile workers are not in it). The fp32
 passes infer the 70,000 images with the old settings (NCHW, batches of 1024), the best eager settings
 (channels_last, batches of 64) and inductor-compiled (freezing, channels_last, batches of 64, compile time
-included). Also runs against the code before issue 12, whose `evaluate(model, splits, mean, std)` returns
-the metrics only.
+included). For int8, a second row runs the same graph eagerly (quantize/dequantize ops around fp32
+convolutions: what runs on a GPU, or where compiling fails). Also runs against the code before issue 12,
+whose `evaluate(model, splits, mean, std)` returns the metrics only.
 """
 
 from __future__ import annotations
@@ -121,11 +122,17 @@ def main() -> None:
         started = time.perf_counter()
         restored = impl.restore(create_model("small_cnn", 1, 10).eval(), state).eval()
         restore_s = time.perf_counter() - started
-        result, wall, cpu = timed(lambda r=restored: run_evaluate(r, data))
-        fp32_cell = (wall, cpu) if mode == "fp32" else fp32_cell
-        ratio = f"{wall / fp32_cell[0]:.2f}x, {cpu / fp32_cell[1]:.2f}x" if fp32_cell else "(no fp32 cell yet)"
-        print(f"{mode:<12} {metrics['quantize_seconds']:>10.2f} {restore_s:>9.2f} {wall:>11.1f} {cpu:>10.1f} "
-              f"{result['test_accuracy']:>8.2%}  {ratio}", flush=True)  # fmt: skip
+        variants = {mode: restored}
+        if hasattr(restored, "inference_forward"):  # int8: also its graph run eagerly, as on a GPU
+            eager = impl.restore(create_model("small_cnn", 1, 10).eval(), state).eval()
+            eager.inference_forward = lambda batch, eager=eager: eager
+            variants[f"{mode} eager"] = eager
+        for name, variant in variants.items():
+            result, wall, cpu = timed(lambda v=variant: run_evaluate(v, data))
+            fp32_cell = (wall, cpu) if name == "fp32" else fp32_cell
+            ratio = f"{wall / fp32_cell[0]:.2f}x, {cpu / fp32_cell[1]:.2f}x" if fp32_cell else "(no fp32 cell yet)"
+            print(f"{name:<12} {metrics['quantize_seconds']:>10.2f} {restore_s:>9.2f} {wall:>11.1f} {cpu:>10.1f} "
+                  f"{result['test_accuracy']:>8.2%}  {ratio}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -88,6 +88,11 @@ def bench(arch: str, seed: int, data, calibration, cache: Path | None) -> None:
             with torch.inference_mode():
                 eager = torch.cat([restored.graph_module(x) for x in images.split(256)])
             print(row("int8 eager", eager, reference, data, size, fp32_bytes, 0, 0))
+            differ = eager.argmax(1) != logits.argmax(1)
+            top2 = eager.topk(2, dim=1).values
+            margin = (top2[:, 0] - top2[:, 1])[differ].max().item() if differ.any() else 0.0
+            print(f"{'':<12} compiled and eager int8 differ on {int(differ.sum())} of {len(logits):,} test predictions"
+                  f" (largest eager top-2 logit margin among them: {margin:.3f})")  # fmt: skip
 
 
 def main() -> None:

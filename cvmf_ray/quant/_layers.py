@@ -182,7 +182,7 @@ class GridMode(QuantMode):
         """The weight `QuantizedLayer` decodes for `weight` (the same functions); itself where the mode leaves
         its layer fp32."""
         if not self.applies_to(weight):
-            return weight.detach().float()
+            return weight.detach().float().clone()
         return decode_weight(*encode_weight(weight, self.grid), weight.shape, self.grid)
 
     def build(self, model: nn.Module, amax: dict[str, float] | None = None) -> nn.Module:

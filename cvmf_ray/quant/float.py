@@ -74,7 +74,7 @@ class Fp32(QuantMode):
         return model
 
     def quantize_weight(self, weight):
-        return weight.float()
+        return weight.detach().float().clone()
 
 
 class Fp16(QuantMode):

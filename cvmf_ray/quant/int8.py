@@ -3,9 +3,10 @@
 torch.export (strict, dynamic batch) → `prepare_pt2e` (folds BatchNorm into the convs, inserts observers) →
 calibration forwards on retain-train images (evaluation transform) → `convert_pt2e`. Weights: int8,
 symmetric, per output channel; activations: uint8, affine, per tensor, histogram-calibrated. The result is
-a graph of quantize/dequantize ops around fp32 convs: the int8 arithmetic, run in eager PyTorch on any
-device (evaluation uses this); `torch.compile` with inductor freezing lowers the same graph to onednn int8
-kernels on x86 (`scripts/bench_quant.py` measures both; they agree on every test prediction).
+a graph of quantize/dequantize ops around fp32 convs: the int8 arithmetic, runnable in eager PyTorch on any
+device. Evaluation on an x86 CPU runs it compiled (`Int8Model.inference_forward`): `torch.compile` with
+inductor freezing lowers the same graph to oneDNN int8 kernels, ~5x faster than fp32 (scripts/bench_eval.py),
+with the eager graph's predictions (scripts/bench_quant.py's `int8 eager` row; tests/test_quant.py).
 
 Strict export because torchvision's BasicBlock calls one `self.relu` module twice: the default non-strict
 export maps both calls to one module and `prepare_pt2e` fails ("Input partition has more than one output

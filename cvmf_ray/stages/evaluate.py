@@ -43,6 +43,7 @@ def evaluate(
     logits: fp32 on the CPU, `{"train": [N_train, C], "test": [N_test, C]}`.
     """
     started = time.perf_counter()
+    model.eval()
     # one pass over all images: one compile for a mode that compiles (int8)
     all_logits = predict(model, torch.cat([data.train_x, data.test_x]), data.mean, data.std, device)
     logits = {"train": all_logits[: len(data.train_x)].clone(), "test": all_logits[len(data.train_x) :].clone()}
