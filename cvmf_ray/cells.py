@@ -9,6 +9,7 @@ without reading anything else.
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,13 +22,13 @@ from torch import nn
 from cvmf_ray.config import TrainRecipe
 from cvmf_ray.data import Augment
 from cvmf_ray.datasets import DATASETS, ImageData
+from cvmf_ray.evidence.mechanism import quant_update, quantized_weight_names
 from cvmf_ray.evidence.relearn import RelearnParams, dequantized_copy, relearn
-from cvmf_ray.forget import ForgetSpec, forget_mask, split_data
+from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks
 from cvmf_ray.grid import Cell
 from cvmf_ray.models import create_model
 from cvmf_ray.quant import QUANT_MODES, tensor_bytes
 from cvmf_ray.stages import compare, evaluate, quantize, train, unlearn
-from cvmf_ray.stages.evaluate import predict
 from cvmf_ray.stages.quantize import calibration_images
 from cvmf_ray.store import OUTPUTS, WEIGHTS, CorruptArtifact
 
@@ -168,17 +169,20 @@ def _quantize(job: Job) -> StageOutput:
     p = job.params
     model = restore_model(job.parent_meta, job.parent_tensors)
     calibration = calibration_images(job.data, ForgetSpec(**p["forget"]), p["seed"], p["calibration_size"])
+    mode = QUANT_MODES.get(p["quant"])
+    update = {}
+    if "reference" in job.cell.inputs:  # read before `quantize`, which may convert `model` in place
+        original = job.load(job.cell.inputs["reference"])[1]
+        update = quant_update(original, model.state_dict(), quantized_weight_names(model), mode.quantize_weight)
+        update["quant_update_per_layer"] = json.dumps(update["quant_update_per_layer"])
     qmodel, metrics = quantize(model, p["quant"], calibration)
-    return StageOutput(metrics, p["quant"], QUANT_MODES.get(p["quant"]).state_dict(qmodel), WEIGHTS)
+    return StageOutput({**metrics, **update}, p["quant"], mode.state_dict(qmodel), WEIGHTS)
 
 
 def _evaluate(job: Job) -> StageOutput:
     p, data, device = job.params, job.data, job.settings.device
     model = restore_model(job.parent_meta, job.parent_tensors).to(device)
-    metrics = evaluate(model, split_data(data, ForgetSpec(**p["forget"]), p["seed"]), data.mean, data.std,
-                       device=device)  # fmt: skip
-    logits = {split: predict(model, x, data.mean, data.std, device, 1024)
-              for split, x in (("train", data.train_x), ("test", data.test_x))}  # fmt: skip
+    metrics, logits = evaluate(model, data, *forget_masks(data, ForgetSpec(**p["forget"]), p["seed"]), device=device)
     if "relearn" in p:
         metrics.update(_relearn(job, model))
     return StageOutput(metrics, job.parent_meta["quant"], logits, OUTPUTS)

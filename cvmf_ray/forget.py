@@ -53,17 +53,18 @@ def forget_mask(spec: ForgetSpec, labels: torch.Tensor, seed: int) -> torch.Tens
     return mask
 
 
-def split_data(data: ImageData, spec: ForgetSpec, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The five evaluation splits as uint8 images + labels.
-
-    Random-sample forgetting has no forget-class test images: `forget_test` is empty there (its metrics
-    are null) and `retain_test` is the whole test set.
-    """
+def forget_masks(data: ImageData, spec: ForgetSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks (train, test) of the forget set. Random-sample forgetting has no forget-class test
+    images: its test mask is all False (`forget_test` metrics are null, `retain_test` is the whole test set)."""
     train_forget = forget_mask(spec, data.train_y, seed)
     if spec.kind == "class":
-        test_forget = data.test_y == int(spec.value)
-    else:
-        test_forget = torch.zeros(len(data.test_y), dtype=torch.bool)
+        return train_forget, data.test_y == int(spec.value)
+    return train_forget, torch.zeros(len(data.test_y), dtype=torch.bool)
+
+
+def split_data(data: ImageData, spec: ForgetSpec, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The five evaluation splits as uint8 images + labels (`forget_masks` applied to the images)."""
+    train_forget, test_forget = forget_masks(data, spec, seed)
     return {
         "test": (data.test_x, data.test_y),
         "forget_test": (data.test_x[test_forget], data.test_y[test_forget]),

@@ -23,7 +23,7 @@ from cvmf_ray.forget import ForgetSpec
 from cvmf_ray.methods import resolve_method
 
 STAGES = ("train", "unlearn", "quantize", "evaluate", "compare")
-CACHE_VERSION = 2  # bump when a stage's numbers change for the same parameters: old artifacts stop matching
+CACHE_VERSION = 3  # bump when a stage's numbers change for the same parameters: old artifacts stop matching
 
 
 def digest(value) -> str:
@@ -149,10 +149,11 @@ def _model_source(grid, config, base, original, forget, method, recipe, augment)
 
 
 def _quantized_and_evaluated(grid, config, base, source, original, forget, method):
-    """Yield (quant, evaluate key) for every mode; a quantized unlearnt model measures its update against the
-    original it was unlearnt from (its grandparent: a retrain is no update of the original)."""
+    """Yield (quant, evaluate key) for every mode. A quantized unlearnt or retrained model measures its weights'
+    distance from the original against the mode's step (`evidence.mechanism`): the retrain's is the baseline
+    of an update that truly removed the data."""
     identity = {**base, "method": method, "forget": forget.as_dict()}
-    reference = {"reference": original.key} if source.stage == "unlearn" else {}
+    reference = {"reference": original.key} if source is not original else {}
     for quant in quant_modes(config):
         model_cell, evaluate_inputs = source, {}
         if quant != "fp32":

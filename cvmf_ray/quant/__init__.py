@@ -5,6 +5,10 @@ runnable quantized module, saves it as plain tensors (safetensors, never pickle)
     state = mode.state_dict(qmodel)                       # -> model.safetensors
     qmodel = mode.restore(create_model(...).eval(), state)  # evaluate stage, another process
 
+`mode.quantize_weight(w)` is the fp32 value a Conv2d/Linear weight `w` takes on the mode's grid: what the
+mode actually computes with. A quantized module may define `inference_forward(batch)`, a faster forward with
+the same numerics (int8: compiled x86 int8 kernels); `inference_forward(model, batch)` picks it up.
+
 Calibration images are always normalised with the dataset's evaluation transform: the pipeline this
 project replaces lost ~11 points in int8/fp8 by skipping that normalisation.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -38,6 +43,10 @@ class QuantMode:
         """Rebuild the quantized module from `state`, given a freshly built fp32 model of the same architecture."""
         raise NotImplementedError
 
+    def quantize_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The fp32 value a Conv2d/Linear `weight` takes in this mode: its grid value."""
+        raise NotImplementedError
+
     def state_dict(self, qmodel: nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.contiguous() for k, v in qmodel.state_dict().items()}
 
@@ -55,6 +64,11 @@ def run_calibration(model: nn.Module, calibration: torch.Tensor) -> None:
     """Forward the (already normalised) calibration images through `model` in eval mode, in batches."""
     for batch in calibration.split(CALIBRATION_BATCH):
         model(batch)
+
+
+def inference_forward(model: nn.Module, batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The fastest forward of `model` with its numerics, for batches shaped like `batch` (or smaller)."""
+    return model.inference_forward(batch) if hasattr(model, "inference_forward") else model
 
 
 QUANT_MODES: Registry[QuantMode] = Registry("quant mode")

@@ -1,10 +1,12 @@
 """Conv/linear layers that keep their weight on a low-precision grid, shared by the weight-only and fp8 modes.
 
 Each weight is stored as codes on the grid plus one fp32 scale per output channel (symmetric,
-`scale = amax / grid.qmax`), and dequantized on the fly; with `quantize_inputs`, the layer's input is also
-quantized onto the grid with one static, calibrated per-tensor scale. Everything else (BatchNorm, residual
-adds, pooling) stays fp32. Per-output-channel scales make BatchNorm folding unnecessary: folding multiplies
-each output channel by a constant, which its scale absorbs, so the codes come out the same.
+`scale = amax / grid.qmax`) and decoded once, when the layer is built or loaded, into a non-persistent fp32
+buffer the forward reads (the same values decoding on every forward gave). With `quantize_inputs`, the
+layer's input is also cast onto the grid with one static, calibrated per-tensor scale. Everything else
+(BatchNorm, residual adds, pooling) stays fp32. Per-output-channel scales make BatchNorm folding
+unnecessary: folding multiplies each output channel by a constant, which its scale absorbs, so the codes
+come out the same.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from cvmf_ray.errors import CellError
 from cvmf_ray.quant import QuantMode, run_calibration
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
+NO_LAYERS = "quantizes Conv2d and Linear layers, and this model has none"
 
 
 class IntGrid:
@@ -50,6 +53,9 @@ class FloatGrid:
         return codes.float().reshape(shape)
 
 
+Grid = IntGrid | FloatGrid
+
+
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     """int8 values in [-8, 7] -> uint8, two per byte (low nibble first), padded to an even count."""
     nibbles = (codes.flatten().to(torch.int16) + 8).to(torch.uint8)
@@ -62,41 +68,77 @@ def unpack_int4(packed: torch.Tensor, count: int) -> torch.Tensor:
     return nibbles.to(torch.int8) - 8
 
 
-class QuantizedLayer(nn.Module):
-    """A Conv2d or Linear whose weight lives as grid codes + per-output-channel fp32 scales."""
+def encode_weight(weight: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, per-output-channel scales) of a Conv2d/Linear weight: symmetric, scale = amax / qmax."""
+    weight = weight.detach().float()
+    amax = weight.abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = (amax / grid.qmax).view(-1, *[1] * (weight.dim() - 1))
+    return grid.encode(weight / scale), scale
 
-    def __init__(self, layer: nn.Conv2d | nn.Linear, grid: IntGrid | FloatGrid, quantize_inputs: bool) -> None:
+
+def decode_weight(codes: torch.Tensor, scale: torch.Tensor, shape: torch.Size, grid: Grid) -> torch.Tensor:
+    """The fp32 weight a layer computes with."""
+    return grid.decode(codes, shape) * scale
+
+
+class QuantizedLayer(nn.Module):
+    """A Conv2d or Linear whose weight lives as grid codes + fp32 scales, decoded once into `weight`."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, grid: Grid, quantize_inputs: bool) -> None:
         super().__init__()
         self.layer, self.grid = layer, grid
-        weight = layer.weight.detach().float()
-        self.weight_shape = weight.shape
-        amax = weight.abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float32).tiny)
-        scale = (amax / grid.qmax).view(-1, *([1] * (weight.dim() - 1)))
-        self.register_buffer("qweight", grid.encode(weight / scale))
+        self.weight_shape = layer.weight.shape
+        codes, scale = encode_weight(layer.weight, grid)
+        self.register_buffer("qweight", codes)
         self.register_buffer("weight_scale", scale)
         # set from calibration (or loaded by restore); None = activations stay fp32
         self.register_buffer("input_scale", torch.ones(()) if quantize_inputs else None)
         del layer.weight  # the grid copy is the only one kept
+        # decoded once per model: non-persistent, so it moves with .to() but is not stored
+        self.register_buffer("weight", self.decoded_weight(), persistent=False)
+        self.register_load_state_dict_post_hook(QuantizedLayer.decode)
+
+    def decode(self, _incompatible_keys=None) -> None:
+        """Refresh the decoded weight (after the codes and scales were loaded)."""
+        with torch.no_grad():
+            self.weight.copy_(self.decoded_weight())
+
+    def decoded_weight(self) -> torch.Tensor:
+        return decode_weight(self.qweight, self.weight_scale, self.weight_shape, self.grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = self.grid.decode(self.grid.encode(x / self.input_scale), x.shape) * self.input_scale
-        weight = self.grid.decode(self.qweight, self.weight_shape) * self.weight_scale
         if isinstance(self.layer, nn.Conv2d):
-            return self.layer._conv_forward(x, weight, self.layer.bias)
-        return F.linear(x, weight, self.layer.bias)
+            return self.layer._conv_forward(x, self.weight, self.layer.bias)
+        return F.linear(x, self.weight, self.layer.bias)
 
 
-def wrap_layers(model: nn.Module, wrap: Callable[[str, nn.Module], nn.Module], prefix: str = "") -> int:
-    """Replace every Conv2d/Linear (recursively, in place) by `wrap(qualified_name, layer)`; return how many."""
+def aligned(weight: torch.Tensor) -> bool:
+    """Whether a low-precision GEMM kernel can run a layer: input and output channels multiples of 16.
+
+    torchao's float8 configs skip every other layer, leaving it in the model's dtype (`_fp8_mm_compat`; for
+    convs C_in and C_out % 16), as tensor-core int4/fp8 kernels need aligned dimensions. In this project's
+    models these are the image-facing first conv (1 or 3 input channels, 9 or 27 weights per output), the
+    classifier (10 or 100 outputs) and MobileNetV2's depthwise convs: the first and last layers that the
+    standard low-bit recipes keep at higher precision.
+    """
+    return weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0
+
+
+def wrap_layers(
+    model: nn.Module, wrap: Callable[[str, nn.Module], nn.Module], eligible: Callable[[nn.Module], bool], prefix=""
+) -> int:
+    """Replace every eligible Conv2d/Linear (recursively, in place) by `wrap(qualified_name, layer)`; count them."""
     count = 0
     for name, child in model.named_children():
         qualified = f"{prefix}{name}"
         if isinstance(child, QUANTIZABLE):
-            setattr(model, name, wrap(qualified, child))
-            count += 1
+            if eligible(child):
+                setattr(model, name, wrap(qualified, child))
+                count += 1
         else:
-            count += wrap_layers(child, wrap, f"{qualified}.")
+            count += wrap_layers(child, wrap, eligible, f"{qualified}.")
     return count
 
 
@@ -120,10 +162,11 @@ def input_amax(model: nn.Module, calibration: torch.Tensor) -> dict[str, float]:
 
 
 class GridMode(QuantMode):
-    """A mode built on `QuantizedLayer`: every Conv2d/Linear gets `grid` weights (and, optionally, inputs)."""
+    """A mode built on `QuantizedLayer`: every Conv2d/Linear (with `aligned_only`, every `aligned` one) gets
+    `grid` weights and, with `quantize_inputs`, grid inputs; the other layers stay fp32."""
 
-    def __init__(self, name: str, grid: IntGrid | FloatGrid, quantize_inputs: bool) -> None:
-        self.name, self.grid, self.quantize_inputs = name, grid, quantize_inputs
+    def __init__(self, name: str, grid: Grid, quantize_inputs: bool, aligned_only: bool = False) -> None:
+        self.name, self.grid, self.quantize_inputs, self.aligned_only = name, grid, quantize_inputs, aligned_only
         self.weight_bits = grid.bits
 
     def quantize(self, model, calibration):
@@ -134,6 +177,16 @@ class GridMode(QuantMode):
         qmodel.load_state_dict(state)
         return qmodel
 
+    def applies_to(self, weight: torch.Tensor) -> bool:
+        return aligned(weight) or not self.aligned_only
+
+    def quantize_weight(self, weight):
+        """The weight `QuantizedLayer` decodes for `weight` (the same functions); itself where the mode leaves
+        its layer fp32."""
+        if not self.applies_to(weight):
+            return weight.detach().float().clone()
+        return decode_weight(*encode_weight(weight, self.grid), weight.shape, self.grid)
+
     def build(self, model: nn.Module, amax: dict[str, float] | None = None) -> nn.Module:
         """Wrap the layers of `model` in place; `amax` (calibrated input ranges) sets the input scales."""
 
@@ -143,6 +196,7 @@ class GridMode(QuantMode):
                 qlayer.input_scale.fill_(max(amax.get(name, 0.0), 1e-12) / self.grid.qmax)
             return qlayer
 
-        if not wrap_layers(model, wrap):
-            raise CellError(f"{self.name} quantizes Conv2d and Linear weights, and this model has neither")
+        if not wrap_layers(model, wrap, lambda layer: self.applies_to(layer.weight)):
+            rule = " whose input and output channels are multiples of 16" if self.aligned_only else ""
+            raise CellError(f"{self.name} {NO_LAYERS}{rule}")
         return model

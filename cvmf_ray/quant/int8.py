@@ -3,9 +3,10 @@
 torch.export (strict, dynamic batch) → `prepare_pt2e` (folds BatchNorm into the convs, inserts observers) →
 calibration forwards on retain-train images (evaluation transform) → `convert_pt2e`. Weights: int8,
 symmetric, per output channel; activations: uint8, affine, per tensor, histogram-calibrated. The result is
-a graph of quantize/dequantize ops around fp32 convs: the int8 arithmetic, run in eager PyTorch on any
-device (evaluation uses this); `torch.compile` with inductor freezing lowers the same graph to onednn int8
-kernels on x86 (`scripts/bench_quant.py` measures both; they agree on every test prediction).
+a graph of quantize/dequantize ops around fp32 convs: the int8 arithmetic, runnable in eager PyTorch on any
+device. Evaluation on an x86 CPU runs it compiled (`Int8Model.inference_forward`): `torch.compile` with
+inductor freezing lowers the same graph to oneDNN int8 kernels, ~5x faster than fp32 (scripts/bench_eval.py),
+with the eager graph's predictions (scripts/bench_quant.py's `int8 eager` row; tests/test_quant.py).
 
 Strict export because torchvision's BasicBlock calls one `self.relu` module twice: the default non-strict
 export maps both calls to one module and `prepare_pt2e` fails ("Input partition has more than one output
@@ -19,6 +20,9 @@ rebuilds the same graph from a fresh model and writes these values back into it.
 from __future__ import annotations
 
 import functools
+import logging
+import platform
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,27 +30,33 @@ from torch.export import Dim
 
 from cvmf_ray.errors import CellError
 from cvmf_ray.quant import QuantMode, register_quant, run_calibration
+from cvmf_ray.quant._layers import NO_LAYERS
+
+log = logging.getLogger(__name__)
 
 INPUT_SHAPE, ACT_SCALE, ACT_ZERO_POINT = "input_shape", "activation_scale", "activation_zero_point"
 
 
+def x86_config():
+    """torchao's default X86 inductor config: uint8 per-tensor activations, int8 per-channel symmetric weights."""
+    # torchao is imported here, not at the top: every Ray worker imports this package, few quantize to int8
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import get_default_x86_inductor_quantization_config
+
+    return get_default_x86_inductor_quantization_config()
+
+
 def prepare(model: nn.Module, calibration: torch.Tensor) -> torch.fx.GraphModule:
     """Export, fold BatchNorm, insert observers and calibrate: everything before `convert_pt2e`."""
-    # torchao is imported here, not at the top: every Ray worker imports this package, few quantize to int8
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
-        get_default_x86_inductor_quantization_config,
-    )
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
     example = torch.zeros(2, *calibration.shape[1:], device=calibration.device)  # batch ≥ 2: 0/1 get specialised
     try:
         exported = torch.export.export(model, (example,), dynamic_shapes=({0: Dim("batch")},), strict=True)
-    except Exception as err:  # any export failure is a property of the architecture: same input, same fault
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CellError(f"int8 needs a model torch.export can capture: {reason}") from err
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(exported.module(), quantizer)
+        prepared = prepare_pt2e(exported.module(), X86InductorQuantizer().set_global(x86_config()))
+    except Exception as err:  # a failure to capture or annotate is a property of the architecture: same every time
+        reason = _first_line(err)
+        raise CellError(f"int8 needs a model torch.export can capture and PT2E can annotate: {reason}") from err
     run_calibration(prepared, calibration)
     return prepared
 
@@ -66,6 +76,33 @@ class Int8Model(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.graph_module(x)
 
+    def inference_forward(self, batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """On an x86 CPU, this graph compiled by inductor (with freezing) into oneDNN int8 kernels, for batches
+        no larger than `batch` (smaller ones are zero-padded to its shape: one compile per model); elsewhere,
+        or if compiling fails (no C++ compiler, an inductor error), the eager quantize/dequantize graph.
+
+        Same weights, activation scales and zero points, integer accumulation: the logits differ from the
+        eager graph's only by where the requantization rounds (tests/test_quant.py: same predictions).
+        """
+        if batch.device.type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+            return self
+        compiled = torch.compile(self.graph_module, dynamic=False)
+        padded = torch.zeros_like(batch)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            padded[: len(x)] = x
+            # freezing turns the int8 weights into constants, which is what lets inductor pick oneDNN's
+            # qconv/qlinear (without it: fp32 convolutions); set for every call, in case one recompiles
+            with torch._inductor.config.patch(freezing=True):
+                return compiled(padded)[: len(x)].clone()
+
+        try:
+            forward(batch)
+        except Exception as err:  # any compile failure: the eager graph computes the same
+            log.warning("int8: compiling to x86 int8 kernels failed, running the eager graph: %s", _first_line(err))
+            return self
+        return forward
+
     def train(self, mode: bool = True) -> Int8Model:
         if mode:
             raise RuntimeError("an int8 model is inference-only: it was exported in eval mode")
@@ -76,6 +113,9 @@ def convert(prepared: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> Int
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     graph = convert_pt2e(prepared)
+    dequantize_weight = torch.ops.quantized_decomposed.dequantize_per_channel.default
+    if not any(node.target == dequantize_weight for node in graph.graph.nodes):
+        raise CellError(f"int8 {NO_LAYERS}")  # PT2E annotated nothing: the graph would be the fp32 model
     used = set(_graph_tensors(graph))
     for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
         if name not in used:  # fp32 weights that constant folding replaced by int8 copies
@@ -87,6 +127,27 @@ def convert(prepared: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> Int
 class Int8(QuantMode):
     name = "int8"
     weight_bits = 8
+
+    def quantize_weight(self, weight):
+        """The weight grid of X86InductorQuantizer's default config, computed by its own observer and ops: int8
+        per output channel, symmetric, range [-128, 127], scale = max(amax / 127.5, 2^-12) (the observer's eps).
+
+        PT2E quantizes the BatchNorm-folded weight; folding multiplies each output channel by a constant k,
+        which the per-channel scale absorbs, so these are the same codes (times sign(k)), except in a channel
+        where amax or k·amax falls below 127.5 · 2^-12 ≈ 0.031 (the scale floor), at exact rounding ties,
+        and at -128 (reachable on one side only) when k < 0.
+        """
+        # how prepare_pt2e builds the observer from the config's weight spec
+        from torchao.quantization.pt2e.prepare import _create_obs_or_fq_from_qspec
+
+        spec = x86_config().weight
+        observer = _create_obs_or_fq_from_qspec(spec, {}, is_qat=False)
+        weight = weight.detach().float()
+        observer(weight)
+        scale, zero_point = observer.calculate_qparams()
+        args = (scale, zero_point, spec.ch_axis, spec.quant_min, spec.quant_max, spec.dtype)
+        ops = torch.ops.quantized_decomposed
+        return ops.dequantize_per_channel(ops.quantize_per_channel(weight, *args), *args)
 
     def quantize(self, model, calibration):
         return convert(prepare(model, calibration), tuple(calibration.shape[1:]))
@@ -119,6 +180,10 @@ class Int8(QuantMode):
             ACT_SCALE: torch.tensor([n.args[1] for n in activations], dtype=torch.float64),
             ACT_ZERO_POINT: torch.tensor([n.args[2] for n in activations], dtype=torch.int64),
         }
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _graph_tensors(gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
