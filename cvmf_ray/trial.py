@@ -325,6 +325,7 @@ def _free_accelerator() -> None:
 
 
 def _quiet() -> None:
-    for noisy in ("ray.train", "ray.tune"):
+    # torch.utils._pytree: torchao's deprecated registration of its KernelPreference enum, at every import
+    for noisy in ("ray.train", "ray.tune", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="torchao")

@@ -11,11 +11,12 @@ from sklearn.metrics import recall_score
 from cvmf_ray.config import TrainRecipe
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.datasets.digits import TRAIN_RECIPE as DIGITS_RECIPE
-from cvmf_ray.forget import SPLITS, ForgetSpec, forget_mask, split_data
+from cvmf_ray.forget import SPLITS, ForgetSpec, forget_masks, split_data
 from cvmf_ray.models import create_model
 from cvmf_ray.privacy import privacy_metrics
+from cvmf_ray.schema import METRICS
 from cvmf_ray.stages import evaluate, train
-from cvmf_ray.stages.evaluate import METRICS, classification_metrics, predict
+from cvmf_ray.stages.evaluate import classification_metrics, predict
 
 FORGET = ForgetSpec("class", 0)
 
@@ -31,12 +32,8 @@ def model(digits):
     return train(create_model("small_cnn", 1, 10), digits, TrainRecipe(**{**DIGITS_RECIPE, "epochs": 6}), seed=0)[0]
 
 
-def _masks(digits, spec=FORGET):
-    train_forget = forget_mask(spec, digits.train_y, seed=0)
-    test_forget = (
-        digits.test_y == int(spec.value) if spec.kind == "class" else torch.zeros_like(digits.test_y, dtype=bool)
-    )
-    return train_forget, test_forget
+def _masks(data, spec=FORGET):
+    return forget_masks(data, spec, seed=0)
 
 
 def test_each_image_is_inferred_once_and_the_metrics_are_those_of_each_split_on_its_own(model, digits):

@@ -9,11 +9,11 @@ import torch
 
 from cvmf_ray.config import load_config
 from cvmf_ray.datasets import DATASETS
-from cvmf_ray.forget import SPLITS, ForgetSpec, forget_mask, split_data
+from cvmf_ray.forget import SPLITS, ForgetSpec, forget_mask, forget_masks
 from cvmf_ray.models import create_model
 from cvmf_ray.privacy import seed_lr_accuracy, svc_efficacy
+from cvmf_ray.schema import METRICS
 from cvmf_ray.stages import evaluate, quantize, train
-from cvmf_ray.stages.evaluate import METRICS
 from cvmf_ray.stages.quantize import calibration_images
 
 FORGET = ForgetSpec("class", 0)
@@ -42,7 +42,7 @@ def retrain(digits):
 
 
 def _evaluate(model, digits, forget=FORGET):
-    return evaluate(model, split_data(digits, forget, seed=0), digits.mean, digits.std)
+    return evaluate(model, digits, *forget_masks(digits, forget, seed=0))[0]
 
 
 def test_attacks_tell_the_original_from_the_model_that_never_saw_the_class(original, retrain, digits):
@@ -65,11 +65,15 @@ def test_attacks_tell_the_original_from_the_model_that_never_saw_the_class(origi
 def test_evaluate_returns_the_contract_columns(original, digits):
     calibration = calibration_images(digits, FORGET, seed=0, size=512)
     int8_model, _ = quantize(original, "int8", calibration)
-    expected = {f"{s}_{m}" for s in SPLITS for m in METRICS} | set(MIA) | {"eval_seconds"}
+    per_class = {"test_class_accuracy", "train_class_accuracy"}
+    expected = {f"{s}_{m}" for s in SPLITS for m in METRICS} | set(MIA) | per_class | {"eval_seconds"}
     fp32, int8 = _evaluate(original, digits), _evaluate(int8_model, digits)
     for metrics in (fp32, int8):
         assert set(metrics) == expected
-        assert all(0 <= v <= 1 for k, v in metrics.items() if not k.endswith(("_loss", "_seconds")))
+        assert all(
+            0 <= v <= 1 for k, v in metrics.items() if not k.endswith(("_loss", "_seconds")) and k not in per_class
+        )
+        assert len(metrics["test_class_accuracy"]) == 10 and all(0 <= v <= 1 for v in metrics["test_class_accuracy"])
     # quantizing a model that was not unlearnt leaves its membership signal where it was
     assert abs(int8["mia_efficacy"] - fp32["mia_efficacy"]) < 0.05
 
