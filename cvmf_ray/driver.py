@@ -79,8 +79,9 @@ def _run_cells(config, grid, store, scheduler, log, verbose, stop) -> tuple[DagS
     why the run stopped early, if it did (a signal, a full disk, a lost lock)."""
     counts = ", ".join(f"{n} {stage}" for stage, n in grid.counts().items() if n)
     log(f"run {store.display()}: {counts} cells; {sum(s != DONE for s in scheduler.state.values())} to run")
-    progress = Progress(scheduler.counts, verbose, log)
     searcher = None
+    # the searcher's counts once it exists: they tell running cells from those queued for resources
+    progress = Progress(lambda: searcher.counts() if searcher else scheduler.counts(), verbose, log)
     try:
         with Signals.deferring():
             plan = connect(config, verbose)

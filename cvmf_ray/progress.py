@@ -66,8 +66,8 @@ class Progress:
             c = counts[stage]
             total = sum(c.values())
             if total:
-                running = f" ({c['running']} running)" if c["running"] else ""
-                parts.append(f"{stage} {c['done']}/{total}{running}")
+                busy = ", ".join(f"{c[what]} {what}" for what in ("running", "queued") if c[what])
+                parts.append(f"{stage} {c['done']}/{total}" + (f" ({busy})" if busy else ""))
         failed = sum(c["failed"] for c in counts.values())
         return f"[{_clock(time.monotonic() - self.started)}] " + " · ".join(parts) + f" · failed {failed}{self._eta()}"
 
@@ -75,7 +75,7 @@ class Progress:
         """Time left at the pace of this invocation so far (cells finished earlier do not count)."""
         counts = self.counts()
         finished_here = sum(c["done"] for c in counts.values()) - self.done_at_start
-        left = sum(c["pending"] + c["running"] for c in counts.values())
+        left = sum(c["pending"] + c["queued"] + c["running"] for c in counts.values())
         elapsed = time.monotonic() - self.started
         if not left or finished_here <= 0:
             return ""
@@ -107,7 +107,7 @@ class Progress:
         counts = self.counts()
         for stage, task in self.tasks.items():
             c = counts[stage]
-            state = " ".join(f"{n} {what}" for what, n in (("running", c["running"]), ("failed", c["failed"])) if n)
+            state = " ".join(f"{c[what]} {what}" for what in ("running", "queued", "failed") if c[what])
             self.bars.update(task, completed=c["done"] + c["failed"], state=state)
 
     def close(self) -> None:

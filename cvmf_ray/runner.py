@@ -25,7 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -220,6 +220,7 @@ class DagSearcher(Searcher):
         self.scheduler, self.plan, self.store, self.progress, self.stop = scheduler, plan, store, progress, stop
         self.caches = start_caches()  # node id -> the artifact cache there
         self.live: dict[str, list[str]] = {}  # trial id -> the keys of its batch
+        self.started: set[str] = set()  # live trials Tune has started (the others wait for resources)
         self.retry_errors: dict[str, str] = {}  # the last error of a cell whose trial Tune may retry
         self.rows: dict[str, dict] = {}  # evaluate key -> own columns, reported this invocation
         self.comparisons: dict[str, dict] = {}  # compare key -> its output, reported this invocation
@@ -293,7 +294,24 @@ class DagSearcher(Searcher):
         elif status == "resumed":
             self.progress.note(f"{cell.describe()}: resuming training from its epoch {event['epoch']} checkpoint")
 
+    def trial_started(self, trial_id: str) -> None:
+        self.started.add(trial_id)
+
+    def counts(self) -> dict[str, Counter]:
+        """The scheduler's counts, its running cells split into running (their trial started) and queued."""
+        counts = self.scheduler.counts()
+        for trial_id, keys in self.live.items():
+            if trial_id in self.started:
+                continue
+            for key in keys:
+                if self.scheduler.state[key] == RUNNING:
+                    stage = self.scheduler.grid.cells[key].stage
+                    counts[stage]["running"] -= 1
+                    counts[stage]["queued"] += 1
+        return counts
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.started.discard(trial_id)
         for key in self.live.pop(trial_id, []):
             if self.scheduler.state[key] != RUNNING:
                 continue
@@ -324,6 +342,9 @@ class RunControl(tune.Stopper, tune.Callback):
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         Signals.raise_received()
         self.searcher.progress.tick()
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self.searcher.trial_started(trial.trial_id)
 
 
 # ---------------------------------------------------------------- one invocation

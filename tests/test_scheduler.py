@@ -1,8 +1,12 @@
 """The DAG scheduler on real grids, without Ray: what becomes ready when, in which order, and what a failure
 or a damaged parent does to the cells that read it."""
 
+from types import SimpleNamespace
+
 from cvmf_ray.config import load_config
 from cvmf_ray.grid import expand_grid
+from cvmf_ray.progress import Progress
+from cvmf_ray.runner import DagSearcher
 from cvmf_ray.scheduler import BLOCKED, DONE, FAILED, READY, RUNNING, WAITING, Scheduler
 
 
@@ -87,3 +91,16 @@ def test_a_finished_grid_hands_out_nothing():
     scheduler = Scheduler(grid, set(grid.cells))
     assert scheduler.finished and scheduler.next_batch(8) == [] and scheduler.ready_count() == 0
     assert all(state == DONE for state in scheduler.state.values())
+
+
+def test_progress_tells_cells_running_from_cells_queued_for_resources():
+    scheduler = Scheduler(grid_of(forget_classes="0,1"), set())
+    batches = [scheduler.next_batch(max_cells=1) for _ in range(3)]  # the original and two retrains
+    live = {f"trial-{i}": keys(batch) for i, batch in enumerate(batches)}
+    searcher = SimpleNamespace(scheduler=scheduler, live=live, started={"trial-0"})
+    lines = []
+    progress = Progress(lambda: DagSearcher.counts(searcher), verbose=False, log=lines.append, live=False)
+    assert "train 0/3 (1 running, 2 queued)" in progress.summary()
+    scheduler.mark_done(batches[0][0].key)
+    searcher.started.update({"trial-1", "trial-2"})
+    assert "train 1/3 (2 running)" in progress.summary()
