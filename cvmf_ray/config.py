@@ -10,6 +10,7 @@ that are not one path component.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -122,6 +123,14 @@ class GridConfig(BaseModel):
         if not value:
             raise ValueError("must name at least one entry")
         return value
+
+    @field_validator("data_root")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        """Trials run in Ray's per-trial working directories: a relative root is resolved here, once."""
+        if not value.strip():
+            raise ValueError("a data root must not be empty")
+        return os.path.abspath(os.path.expanduser(value))
 
     @field_validator("name")
     @classmethod

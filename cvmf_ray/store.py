@@ -69,10 +69,13 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def run_location(results_dir: str, name: str) -> str:
-    """RESULTS_DIR/NAME, for a path or a URI whose query (s3://b/p?endpoint_override=...) must stay at the end."""
+    """RESULTS_DIR/NAME, for a path or a URI whose query (s3://b/p?endpoint_override=...) must stay at the end.
+
+    A local path is made absolute here, in the driver: trials run in Ray's per-trial working directories.
+    """
     filesystem(results_dir)  # refuses an empty location, a relative file URI, an unknown scheme
     if "://" not in results_dir:
-        return f"{results_dir.rstrip('/')}/{name}"
+        return os.path.join(os.path.abspath(os.path.expanduser(results_dir)), name)
     parsed = urlparse(results_dir)
     return parsed._replace(path=f"{parsed.path.rstrip('/')}/{name}").geturl()
 

@@ -38,7 +38,7 @@ from cvmf_ray.evidence.mechanism import quant_update, quantized_weight_names
 from cvmf_ray.evidence.outputs import distance_to_retrain, per_class_accuracy
 from cvmf_ray.evidence.privacy_score import privacy_score
 from cvmf_ray.evidence.relearn import RelearnParams, dequantized_copy, relearn
-from cvmf_ray.forget import ForgetSpec, forget_mask, split_data
+from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks, split_data
 from cvmf_ray.methods import resolve_method
 from cvmf_ray.models import create_model
 from cvmf_ray.quant._layers import IntGrid, QuantizedLayer
@@ -132,7 +132,7 @@ def digits_rows(data: ImageData) -> dict[tuple[str, str], dict]:
 
 def digits_section(relearn_params: RelearnParams) -> None:
     data = DATASETS.get("digits").load_data("~/.cache/cvmf-ray/data")
-    splits = split_data(data, FORGET, seed=0)
+    splits, masks = split_data(data, FORGET, seed=0), forget_masks(data, FORGET, seed=0)
     rows, train_s = timed(digits_rows, data)
     print(f"## digits / small_cnn / forget class 0: 5 models trained or unlearnt in {train_s:.0f} s")
     print(
@@ -141,7 +141,7 @@ def digits_section(relearn_params: RelearnParams) -> None:
     )
     for row in rows.values():  # evaluate() as before issue 13: one simple-MIA draw
         saved, privacy.LR_DRAWS = privacy.LR_DRAWS, 1
-        row["base"], row["eval_s"] = fastest(REPEATS, evaluate, row["model"], splits, data.mean, data.std)
+        (row["base"], _), row["eval_s"] = fastest(REPEATS, evaluate, row["model"], data, *masks)
         privacy.LR_DRAWS = saved
         row["logits"] = logits_of(row["model"], splits, data)  # evaluate() computes these once already
         row["lr_extra_s"] = lr_draws_seconds(row["logits"], splits)

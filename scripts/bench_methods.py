@@ -25,7 +25,7 @@ import torch
 
 from cvmf_ray.config import load_config
 from cvmf_ray.datasets import DATASETS
-from cvmf_ray.forget import ForgetSpec, forget_mask, split_data
+from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks
 from cvmf_ray.methods import METHODS
 from cvmf_ray.models import create_model
 from cvmf_ray.schema import GAP_METRICS
@@ -56,7 +56,7 @@ def main() -> None:
     data = spec.load_data("~/.cache/cvmf-ray/data")
     forget = ForgetSpec("class", 0)
     recipe = load_config().recipe_for("digits")
-    splits = split_data(data, forget, args.seed)
+    masks = forget_masks(data, forget, args.seed)
 
     def fresh_model():
         torch.manual_seed(args.seed)
@@ -68,7 +68,7 @@ def main() -> None:
         model, info = stage(*stage_args, **kwargs)
         cpu = time.process_time() - cpu
         wall = info.get("train_seconds", info.get("unlearn_seconds"))
-        return model, {**evaluate(model, splits, data.mean, data.std), "wall_s": wall, "cpu_s": cpu}
+        return model, {**evaluate(model, data, *masks)[0], "wall_s": wall, "cpu_s": cpu}
 
     rows: dict[str, dict] = {}
     original, rows["original"] = timed(train, fresh_model(), data, recipe, args.seed)
