@@ -165,7 +165,7 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
     if not resume and store.file_exists("grid.json"):
         raise UsageError(f"run {store.uri!r} already exists and --no-resume was given; choose another --name")
     stop = StopSignal()
-    lock = RunLock(store, on_lost=stop.set)
+    lock = RunLock(store, on_lost=stop.lose_lock)
     note = lock.acquire()
     if note:
         echo(note)

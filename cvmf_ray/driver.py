@@ -49,6 +49,7 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
     for stage, into in (("evaluate", rows), ("compare", comparisons)):
         missing = [c.key for c in grid.stage(stage) if c.key in done and c.key not in into]
         done -= _recover(store, grid, missing, into, stage)
+    done -= _stale_comparisons(grid, done, comparisons)
     scheduler = Scheduler(grid, done)
     before = len(done)
     if scheduler.finished:
@@ -58,6 +59,9 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
         searcher, stopped = _run_cells(config, grid, store, scheduler, log, verbose, stop or StopSignal())
         rows.update(searcher.rows if searcher else {})
         comparisons.update(searcher.comparisons if searcher else {})
+    if stopped is not None and searcher is not None and searcher.stop.lock_lost:
+        stopped.summary = "the driver that holds the run now writes its table"
+        raise stopped
     table = _table(config, grid, store, scheduler, listing.failed, rows, comparisons, started)
     _sync_evaluations(store, table)
     store.write_parquet(table, "results.parquet")
@@ -66,6 +70,21 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
         stopped.summary = f"{finished} of {len(grid.cells)} cells are finished and kept ({finished - before} new)"
         raise stopped
     return Outcome(table, ran=searcher is not None)
+
+
+def _stale_comparisons(grid: Grid, done: set[str], comparisons: dict[str, dict]) -> set[str]:
+    """Finished compare cells to run again: those that ran while a seed's model or retrain had not finished
+    (failed, or not yet run), which has finished since. Their group's columns would leave that seed out."""
+    stale = set()
+    for cell in grid.stage("compare"):
+        covered = comparisons.get(cell.key, {}).get("rows", {})
+        for name, model in cell.inputs.items():
+            retrain = cell.inputs.get(name.replace("model:", "retrain:", 1))
+            if name.startswith("model:") and {model, retrain} <= done and model not in covered:
+                stale.add(cell.key)
+    for key in stale & done:
+        comparisons.pop(key, None)
+    return stale & done
 
 
 def _prepare(store: RunStore, grid: Grid) -> None:

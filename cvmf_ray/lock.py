@@ -94,12 +94,19 @@ class RunLock:
             os.unlink(temporary)
 
     def _heartbeat(self) -> None:
+        renewed = time.monotonic()
         while not self._stop.wait(HEARTBEAT_S):
-            holder = self._read()
-            if holder is None or holder.get("owner") != self.lease["owner"]:
-                self.on_lost(f"another cvmf-ray driver took over run {self.store.uri!r} ({_who(holder or {})})")
-                return
-            self._write()
+            try:
+                holder = self._read()
+                if holder is None or holder.get("owner") != self.lease["owner"]:
+                    self.on_lost(f"another cvmf-ray driver took over run {self.store.uri!r} ({_who(holder or {})})")
+                    return
+                self._write()
+                renewed = time.monotonic()
+            except OSError as err:  # a storage hiccup: tried again next beat, until the lease could look dead
+                if time.monotonic() - renewed > STALE_S / 2:
+                    self.on_lost(f"cannot renew the lock on run {self.store.uri!r} ({err})")
+                    return
 
     def _read(self) -> dict | None:
         try:

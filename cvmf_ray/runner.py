@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class Signals:
 
     @classmethod
     def install(cls) -> None:
+        cls.received = None  # a signal an earlier run in this process took is not this run's
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, cls._handle)
 
@@ -97,9 +99,14 @@ class StopSignal:
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.lock_lost = False  # then the run is another driver's: this one must not write its table
 
     def set(self, reason: str) -> None:
         self.reason = self.reason or reason
+
+    def lose_lock(self, reason: str) -> None:
+        self.lock_lost = True
+        self.set(reason)
 
 
 @dataclass
@@ -153,6 +160,7 @@ def probe_cluster(address: str) -> None:
     advice = ("check the address (HOST:PORT of the head's GCS, `ray status` on the head prints it), that the "
               "cluster runs Ray 2.60, and for a token-authenticated cluster (Ray 2.60's default) that "
               "RAY_AUTH_MODE=token is set here")  # fmt: skip
+    deadline = time.monotonic() + JOIN_TIMEOUT_S  # one bound for both tries
     host, _, port = address.rpartition(":")
     if host and port.isdigit():  # nothing listening fails at once, without starting a Ray driver
         try:
@@ -161,7 +169,7 @@ def probe_cluster(address: str) -> None:
             raise UsageError(f"cannot join the Ray cluster at {address!r}: {err.strerror or err}; {advice}") from None
     try:
         probe = subprocess.run([sys.executable, "-c", PROBE, address], capture_output=True, text=True,
-                               timeout=JOIN_TIMEOUT_S)  # fmt: skip
+                               timeout=max(1.0, deadline - time.monotonic()))  # fmt: skip
     except subprocess.TimeoutExpired:
         raise UsageError(f"cannot join the Ray cluster at {address!r}: no answer within {JOIN_TIMEOUT_S} s; "
                          f"{advice}") from None  # fmt: skip

@@ -16,8 +16,9 @@ PRIVACY = ("mia_efficacy", "mia_forget_auc", "mia_seed_lr_accuracy", "mia_retain
 GAP_METRICS = ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy", "mia_efficacy")
 COSTS = ("train_seconds", "unlearn_seconds", "quantize_seconds", "eval_seconds")
 MECHANISM = ("quant_update_ratio", "quant_snapped_back", "quant_update_to_step")
+GROUP_COMPARISONS = ("forgetting_quality", "forgetting_quality_models")  # one per compare group, on each of its rows
 COMPARISONS = ("js_to_retrain_forget_train", "js_to_retrain_test", "kl_to_retrain_forget_train",
-               "kl_to_retrain_test", "privacy_score", "forgetting_quality", "forgetting_quality_models")  # fmt: skip
+               "kl_to_retrain_test", "privacy_score", *GROUP_COMPARISONS)  # fmt: skip
 RUN_METADATA = b"cvmf_ray.run"  # Parquet key-value metadata: the run's identity as JSON (results.run_info)
 
 IDENTITY = [

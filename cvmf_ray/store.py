@@ -222,7 +222,8 @@ class RunStore:
         removed = 0
         selector = pafs.FileSelector(self.root, allow_not_found=True, recursive=True)
         for info in self.fs.get_file_info(selector):
-            if info.type == pafs.FileType.File and ".tmp-" in info.base_name and "/tune/" not in info.path:
+            stale = ".tmp-" in info.base_name and not info.base_name.startswith("lock.json.tmp-")  # a live lock's
+            if info.type == pafs.FileType.File and stale and "/tune/" not in info.path:
                 self.fs.delete_file(info.path)
                 removed += 1
         return removed

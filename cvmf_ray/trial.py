@@ -91,7 +91,15 @@ def _finished_before(cell, store) -> dict | None:
     """A cell a previous attempt of this trial finished (Tune retries the whole batch): report it again."""
     if not store.is_done(cell.key):
         return None
-    return _done_event(cell, store.read_meta(cell.key) if cell.stage in ("evaluate", "compare") else {})
+    if cell.stage not in ("evaluate", "compare"):
+        return _done_event(cell, {})
+    from cvmf_ray.store import CorruptArtifact
+
+    try:
+        return _done_event(cell, store.read_meta(cell.key))
+    except CorruptArtifact:  # its own output is damaged: this cell runs again (it is nobody's corrupt parent)
+        store.discard_artifact(cell.key)
+        return None
 
 
 def _run_cell(cell, store, loader, run: RunSettings, reporter) -> dict:
@@ -105,13 +113,12 @@ def _run_cell(cell, store, loader, run: RunSettings, reporter) -> dict:
     meta = store.save_artifact(cell.key, artifact.meta, artifact.tensor_file, artifact.blob)
     if cell.stage == "train":
         store.remove("checkpoints", cell.key)
+    event = _done_event(cell, meta)
     if cell.stage == "evaluate":
-        from cvmf_ray.results import evaluation_row
-
-        store.write_json(evaluation_row(cell, meta), "evaluations", f"{cell.key}.json")
+        store.write_json(event["row"], "evaluations", f"{cell.key}.json")
     if artifact.tensor_file:
         _publish(cell.key, meta, artifact.blob, context.get_node_id())
-    return _done_event(cell, meta)
+    return event
 
 
 def _done_event(cell, meta: dict) -> dict:

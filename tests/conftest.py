@@ -35,10 +35,19 @@ def cli(capsys):
 
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory) -> Path:
-    """One uninterrupted run of the default grid: the reference every resumed run must reproduce."""
-    results = tmp_path_factory.mktemp("reference")
-    assert run_cli(["grid", "--results-dir", str(results), *FAST]) == 0
-    return results / "default"
+    """One uninterrupted run of the default grid: the reference every resumed run must reproduce. Run as the
+    README's main command is, with the relative default `--results-dir results`: every artifact must land
+    there, not in the per-trial working directories where Ray runs the trials."""
+    folder, cwd = tmp_path_factory.mktemp("reference"), os.getcwd()
+    os.chdir(folder)
+    try:
+        assert run_cli(["grid", *FAST]) == 0
+    finally:
+        os.chdir(cwd)
+    run = folder / "results" / "default"
+    cells = json.loads((run / "grid.json").read_text())["cells"]
+    assert len(list((run / "artifacts").iterdir())) == len(cells) == 45
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -159,3 +159,13 @@ def test_aggregate_table_says_what_the_numbers_are(table):
     half = T_199 * DELTA / math.sqrt(GROUP_ROWS - 1)
     assert f"{base('test_accuracy', 'finetune', 'int8'):.3f} ± {half:.3f}" in row
     assert len(lines) == 2 + len(METHODS) * len(QUANTS) + 1 + 2  # header, rule, groups, unsir, footer
+
+
+def test_a_group_level_comparison_counts_once_per_group_not_once_per_seed():
+    import pandas as pd
+
+    group = {"model": "m", "dataset": "d", "method": "salun", "quant": "fp32", "status": "ok", "compare_key": "c1"}
+    rows = [{**group, "seed": s, "forgetting_quality": 0.8, "privacy_score": 0.5 + s / 10} for s in range(3)]
+    stats = aggregate(pd.DataFrame(rows)).set_index("metric")
+    assert stats.loc["forgetting_quality", "n"] == 1 and math.isnan(stats.loc["forgetting_quality", "ci_low"])
+    assert stats.loc["privacy_score", "n"] == 3  # a per-row comparison: one value per seed

@@ -13,6 +13,7 @@ import pyarrow as pa
 from scipy import stats
 
 from cvmf_ray.report.frame import GROUP, metric_columns, to_frame
+from cvmf_ray.schema import GROUP_COMPARISONS
 
 CONFIDENCE = 0.95
 
@@ -25,13 +26,26 @@ def aggregate(table: pa.Table | pd.DataFrame, by: list[str] = GROUP, metrics: li
     """
     frame = to_frame(table) if isinstance(table, pa.Table) else table
     metrics = metric_columns(frame) if metrics is None else metrics
-    long = frame.loc[frame["status"] == "ok", [*by, *metrics]].melt(id_vars=by, var_name="metric")
+    ok = _one_value_per_group(frame.loc[frame["status"] == "ok"])
+    long = ok[[*by, *metrics]].melt(id_vars=by, var_name="metric")
     long["metric"] = pd.Categorical(long["metric"], categories=metrics, ordered=True)
     grouped = long.dropna(subset=["value"]).groupby([*by, "metric"], observed=True, sort=True)["value"]
     result = grouped.agg(["mean", "std", "count", "sem"]).reset_index().rename(columns={"count": "n"})
     half = stats.t.ppf((1 + CONFIDENCE) / 2, result["n"] - 1) * result["sem"]  # NaN for n = 1 (df = 0)
     result["ci_low"], result["ci_high"] = result["mean"] - half, result["mean"] + half
     return result.drop(columns="sem")
+
+
+def _one_value_per_group(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep a group-level comparison (forgetting quality: one value per compare cell, over its seeds) on one row
+    of its group: its copies on the other seeds' rows are not replicates."""
+    columns = [c for c in GROUP_COMPARISONS if c in frame.columns]
+    if not columns or "compare_key" not in frame.columns:
+        return frame
+    repeated = frame["compare_key"].notna() & frame.duplicated("compare_key")
+    frame = frame.copy()
+    frame.loc[repeated, columns] = np.nan
+    return frame
 
 
 def excludes_zero(stats_rows: pd.DataFrame) -> pd.Series:
