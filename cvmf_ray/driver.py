@@ -100,7 +100,8 @@ def _run_cells(config, grid, store, scheduler, log, verbose, stop) -> tuple[DagS
     log(f"run {store.display()}: {counts} cells; {sum(s != DONE for s in scheduler.state.values())} to run")
     searcher = None
     # the searcher's counts once it exists: they tell running cells from those queued for resources
-    progress = Progress(lambda: searcher.counts() if searcher else scheduler.counts(), verbose, log)
+    progress = Progress(lambda: searcher.counts() if searcher else scheduler.counts(),
+                        lambda: (scheduler.cost_done, scheduler.cost_left), verbose, log)  # fmt: skip
     try:
         with Signals.deferring():
             plan = connect(config, verbose)

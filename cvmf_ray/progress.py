@@ -24,13 +24,13 @@ def _clock(seconds: float) -> str:
 class Progress:
     """Fed by the searcher (`cell_finished`, `cell_failed`, `note`) and ticked by Tune's loop (`tick`)."""
 
-    def __init__(self, counts: Callable[[], dict[str, Counter]], verbose: bool, log: Callable[[str], None],
-                 live: bool | None = None) -> None:  # fmt: skip
-        self.counts, self.verbose, self.log = counts, verbose, log
+    def __init__(self, counts: Callable[[], dict[str, Counter]], work: Callable[[], tuple[float, float]],
+                 verbose: bool, log: Callable[[str], None], live: bool | None = None) -> None:  # fmt: skip
+        """`counts()`: per stage, cells by state; `work()`: estimated work done in this invocation and left."""
+        self.counts, self.work, self.verbose, self.log = counts, work, verbose, log
         self.live = sys.stdout.isatty() if live is None else live
         self.started = self.last_summary = time.monotonic()
         self.failures = 0
-        self.done_at_start = sum(c["done"] for c in counts().values())
         self.bars = None
         if self.live:
             self._start_bars()
@@ -72,10 +72,9 @@ class Progress:
         return f"[{_clock(time.monotonic() - self.started)}] " + " · ".join(parts) + f" · failed {failed}{self._eta()}"
 
     def _eta(self) -> str:
-        """Time left at the pace of this invocation so far (cells finished earlier do not count)."""
-        counts = self.counts()
-        finished_here = sum(c["done"] for c in counts.values()) - self.done_at_start
-        left = sum(c["pending"] + c["queued"] + c["running"] for c in counts.values())
+        """Time left at the pace of this invocation so far, in estimated work (`scheduler.cell_cost`), not cells:
+        a training is worth many evaluations."""
+        finished_here, left = self.work()
         elapsed = time.monotonic() - self.started
         if not left or finished_here <= 0:
             return ""

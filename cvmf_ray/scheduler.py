@@ -22,6 +22,7 @@ from cvmf_ray.grid import STAGES, Cell, Grid
 
 WAITING, READY, RUNNING, DONE, FAILED, BLOCKED = "waiting", "ready", "running", "done", "failed", "blocked"
 SETTLED = (DONE, FAILED, BLOCKED)
+OPEN = (WAITING, READY, RUNNING)  # still to run
 SHOWN_AS = {DONE: "done", RUNNING: "running", FAILED: "failed", BLOCKED: "failed", WAITING: "pending",
             READY: "pending"}  # fmt: skip
 MAX_RECOMPUTES = 2
@@ -56,6 +57,8 @@ class Scheduler:
         self._live = 0  # cells READY or RUNNING
         self._ready_count = Counter()  # solo? -> READY cells
         self._unsettled_readers = Counter({key: len(readers) for key, readers in self.readers.items()})
+        self.cost_left = 0.0  # estimated cost (`cell_cost`) of the cells still to run
+        self.cost_done = 0.0  # of the cells finished in this invocation: with the time taken, an ETA
         for key in grid.cells:
             self._set(key, DONE if key in done else WAITING)
         for key in list(grid.cells):
@@ -75,6 +78,8 @@ class Scheduler:
             self._live -= old in (READY, RUNNING)
             self._ready_count[is_solo(cell)] -= old == READY
         self.state[key] = new
+        self.cost_left += cell_cost(cell) * ((new in OPEN) - (old in OPEN))
+        self.cost_done += cell_cost(cell) * (new == DONE and old is not None)
         self._shown[cell.stage][SHOWN_AS[new]] += 1
         self._live += new in (READY, RUNNING)
         self._ready_count[is_solo(cell)] += new == READY

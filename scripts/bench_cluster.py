@@ -99,7 +99,7 @@ def main() -> None:
 
     intervals: list[list[float]] = []
     scheduler = Scheduler(grid, set())
-    progress = Progress(scheduler.counts, False, print)
+    progress = Progress(lambda: searcher.counts(), lambda: (scheduler.cost_done, scheduler.cost_left), False, print)
     searcher = TimedSearcher(scheduler, Plan(1.0, 1.0, SLOTS), store, progress, StopSignal())
     started = time.time()
     fit(config, grid, store, searcher, searcher.plan, trainable=sleeping_trial)

@@ -99,8 +99,11 @@ def test_progress_tells_cells_running_from_cells_queued_for_resources():
     live = {f"trial-{i}": keys(batch) for i, batch in enumerate(batches)}
     searcher = SimpleNamespace(scheduler=scheduler, live=live, started={"trial-0"})
     lines = []
-    progress = Progress(lambda: DagSearcher.counts(searcher), verbose=False, log=lines.append, live=False)
+    work = lambda: (scheduler.cost_done, scheduler.cost_left)  # noqa: E731
+    progress = Progress(lambda: DagSearcher.counts(searcher), work, verbose=False, log=lines.append, live=False)
     assert "train 0/3 (1 running, 2 queued)" in progress.summary()
     scheduler.mark_done(batches[0][0].key)
     searcher.started.update({"trial-1", "trial-2"})
-    assert "train 1/3 (2 running)" in progress.summary()
+    assert "train 1/3 (2 running)" in progress.summary() and " · ETA " in progress.summary()
+    # the ETA weighs what is left by its estimated cost: two trainings and every cheaper cell after them
+    assert scheduler.cost_done == 30 and scheduler.cost_left > 60
