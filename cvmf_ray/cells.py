@@ -171,7 +171,7 @@ def _quantize(job: Job) -> StageOutput:
     calibration = calibration_images(job.data, ForgetSpec(**p["forget"]), p["seed"], p["calibration_size"])
     mode = QUANT_MODES.get(p["quant"])
     update = {}
-    if "reference" in job.cell.inputs:  # read before `quantize`, which may convert `model` in place
+    if "reference" in job.cell.inputs:  # the original it was unlearnt from, or the retrain's counterpart
         original = job.load(job.cell.inputs["reference"])[1]
         update = quant_update(original, model.state_dict(), quantized_weight_names(model), mode.quantize_weight)
         update["quant_update_per_layer"] = json.dumps(update["quant_update_per_layer"])

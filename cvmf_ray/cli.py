@@ -5,7 +5,8 @@
     cvmf-ray status results/default
     cvmf-ray results results/default --format csv
 
-Exit codes: 0 all cells ok; 1 some cells failed (the rest finished and were saved); 2 bad input.
+Exit codes: 0 all cells ok; 1 some cells failed (the rest finished and were saved); 2 bad input or a wrong
+environment; 130 / 143 interrupted by Ctrl-C / SIGTERM (rerun to resume).
 """
 
 from __future__ import annotations

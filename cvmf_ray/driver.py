@@ -18,7 +18,7 @@ import pyarrow as pa
 import ray
 
 from cvmf_ray.config import GridConfig
-from cvmf_ray.errors import Interrupted, UsageError
+from cvmf_ray.errors import Interrupted, UsageError, first_line
 from cvmf_ray.grid import Grid
 from cvmf_ray.progress import Progress
 from cvmf_ray.results import assemble, evaluation_row, failed_row, rows_from_table, run_info
@@ -127,12 +127,8 @@ def _previous_table(store: RunStore, log) -> pa.Table | None:
     try:
         return store.read_parquet("results.parquet")
     except (OSError, pa.ArrowException) as err:
-        log(f"warning: results.parquet is damaged ({_first_line(err)}); rebuilding it from evaluations/ and artifacts/")
+        log(f"warning: results.parquet is damaged ({first_line(err)}); rebuilding it from evaluations/ and artifacts/")
         return None
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _describes(table: pa.Table | None, grid: Grid) -> bool:

@@ -27,3 +27,8 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message in one line (its type's name when it has none): what a one-line error quotes."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -14,7 +14,6 @@ import torch
 
 from cvmf_ray.datasets import ImageData
 from cvmf_ray.errors import CellError
-from cvmf_ray.schema import SPLITS  # noqa: F401  (the evaluation splits, named where the table is described)
 
 
 @dataclass(frozen=True)

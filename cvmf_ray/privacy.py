@@ -1,7 +1,7 @@
 """Membership-inference (MIA) metrics for unlearning, from a model's logits on the five evaluation splits.
 
 All four are population attacks on per-sample outputs under the evaluation transform, scikit-learn only,
-fixed seeds; definitions and sources in `reference/quant-mia.md` §5:
+fixed seeds; each with its definition and source:
 
 - `mia_efficacy` (Jia et al., NeurIPS 2023; SalUn): an RBF SVC (C=3, gamma='auto') learns member vs
   non-member from the confidence p_y, on retain-train (members) vs retain-test (non-members: the test

@@ -41,7 +41,7 @@ def cell_cost(cell: Cell) -> float:
 
 class Scheduler:
     def __init__(self, grid: Grid, done: set[str]) -> None:
-        self.grid, self.done = grid, done  # `done`: cells finished before this invocation
+        self.grid = grid
         self.state: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self.node_of: dict[str, str] = {}  # where a cell finished in this invocation
@@ -136,7 +136,6 @@ class Scheduler:
             return  # another reader reported it first
         self.recomputes[parent] += 1
         self.node_of.pop(parent, None)
-        self.done.discard(parent)
         if self.recomputes[parent] > MAX_RECOMPUTES:
             self._set(parent, WAITING)
             self.mark_failed(parent, f"its artifact was found damaged {self.recomputes[parent]} times: {error}")

@@ -1,8 +1,8 @@
 """The run directory, through one pyarrow filesystem layer (local path, shared FS, `file://`, `s3://`).
 
-Layout (CONTRACT.md): grid.json, artifacts/KEY/{meta.json, model.safetensors | outputs.safetensors},
+Layout (README: the run directory): grid.json, artifacts/KEY/{meta.json, model.safetensors | outputs.safetensors},
 evaluations/KEY.json, results.parquet, failures/KEY.json (why a cell failed, until it succeeds),
-checkpoints/KEY/epoch-NNNN.pt (a training cell's last epochs, until it finishes), lock.json (the driver
+checkpoints/KEY/epoch-NNNNN.pt (a training cell's last epochs, until it finishes), lock.json (the driver
 that holds the run), tune/ (Ray Tune's storage_path).
 
 Readers never see half a file: on a local or shared filesystem a file is written under a temporary name and
@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from cvmf_ray.errors import CellError, UsageError
+from cvmf_ray.errors import CellError, UsageError, first_line
 
 META = "meta.json"
 WEIGHTS = "model.safetensors"  # what a train/unlearn/quantize cell leaves
@@ -65,7 +65,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowException, OSError, ValueError) as err:
-        raise UsageError(f"results location {uri!r} cannot be opened: {_first_line(err)}") from None
+        raise UsageError(f"results location {uri!r} cannot be opened: {first_line(err)}") from None
 
 
 def run_location(results_dir: str, name: str) -> str:
@@ -78,11 +78,6 @@ def run_location(results_dir: str, name: str) -> str:
         return os.path.join(os.path.abspath(os.path.expanduser(results_dir)), name)
     parsed = urlparse(results_dir)
     return parsed._replace(path=f"{parsed.path.rstrip('/')}/{name}").geturl()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 @dataclass
@@ -123,7 +118,7 @@ class RunStore:
         except UsageError:
             raise
         except (OSError, pa.ArrowException, AssertionError) as err:
-            raise UsageError(f"results location {self.uri!r} is not usable: {_first_line(err)}") from None
+            raise UsageError(f"results location {self.uri!r} is not usable: {first_line(err)}") from None
 
     def _probe_local_ancestor(self) -> None:
         path = self.root
@@ -142,7 +137,7 @@ class RunStore:
         try:
             found = self.file_exists("grid.json")
         except (OSError, pa.ArrowException) as err:
-            raise UsageError(f"run {self.uri!r} cannot be read: {_first_line(err)}") from None
+            raise UsageError(f"run {self.uri!r} cannot be read: {first_line(err)}") from None
         if not found:
             raise UsageError(f"{self.uri!r} is not a cvmf-ray run directory (no grid.json)")
 
@@ -161,9 +156,6 @@ class RunStore:
         return self.path("tune"), None if self.fs.type_name == "local" else self.fs
 
     # ---- raw files
-    def exists(self) -> bool:
-        return self.fs.get_file_info(self.root).type != pafs.FileType.NotFound
-
     def file_exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type == pafs.FileType.File
 

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +73,13 @@ def copy_of_default_run(default_run, tmp_path) -> Path:
 def metas(run_dir: Path) -> dict[str, dict]:
     """Every finished cell's meta.json in a run directory, by key."""
     return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("artifacts/*/meta.json")}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on (for now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def comparable(table: Path | pa.Table) -> list[dict]:

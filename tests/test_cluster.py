@@ -4,7 +4,6 @@ GPUs), joined with `--address`, with the run directory given as a `file://` URI.
 
 import collections
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, comparable, metas
+from tests.conftest import FAST, comparable, free_port, metas
 
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_cli(*args: str, env: dict) -> None:

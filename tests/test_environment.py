@@ -14,13 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 S3_ENV = {"AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # never ask a cloud for creds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

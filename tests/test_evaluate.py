@@ -11,10 +11,10 @@ from sklearn.metrics import recall_score
 from cvmf_ray.config import TrainRecipe
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.datasets.digits import TRAIN_RECIPE as DIGITS_RECIPE
-from cvmf_ray.forget import SPLITS, ForgetSpec, forget_masks, split_data
+from cvmf_ray.forget import ForgetSpec, forget_masks, split_data
 from cvmf_ray.models import create_model
 from cvmf_ray.privacy import privacy_metrics
-from cvmf_ray.schema import METRICS
+from cvmf_ray.schema import METRICS, SPLITS
 from cvmf_ray.stages import evaluate, train
 from cvmf_ray.stages.evaluate import classification_metrics, predict
 

@@ -9,10 +9,10 @@ import torch
 
 from cvmf_ray.config import load_config
 from cvmf_ray.datasets import DATASETS
-from cvmf_ray.forget import SPLITS, ForgetSpec, forget_mask, forget_masks
+from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks
 from cvmf_ray.models import create_model
 from cvmf_ray.privacy import seed_lr_accuracy, svc_efficacy
-from cvmf_ray.schema import METRICS
+from cvmf_ray.schema import METRICS, SPLITS
 from cvmf_ray.stages import evaluate, quantize, train
 from cvmf_ray.stages.quantize import calibration_images
 

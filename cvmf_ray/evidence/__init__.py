@@ -10,5 +10,5 @@ Plain functions (torch, numpy, scipy, scikit-learn; no Ray, no file I/O), one mo
 
 `logistic` is the batched one-feature logistic regression the loss attacks share (here and in `privacy`).
 
-Definitions and sources: `reference/unlearning-anchors.md` §1.3, §3.2, §4–5 and `reference/quant-mia.md` §5.
+Each module's docstring gives its definitions and the published source (paper, reference code at a commit).
 """

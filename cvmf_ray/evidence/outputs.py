@@ -24,7 +24,7 @@ DISTANCE_SPLITS = ("forget_train", "test")
 def distance_to_retrain(logits: dict[str, torch.Tensor], retrain_logits: dict[str, torch.Tensor]) -> dict:
     """`js_to_retrain_{split}` and `kl_to_retrain_{split}` for forget-train and test.
 
-    Both dicts map split names to logits of the same images in the same order (`forget.split_data` is
+    Both dicts map split names to logits of the same images in the same order (the forget set is
     deterministic given the seed); an empty split gives nulls.
     """
     columns = {}

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from cvmf_ray.errors import CellError
+from cvmf_ray.errors import CellError, first_line
 from cvmf_ray.quant import QuantMode, register_quant, run_calibration
 from cvmf_ray.quant._layers import NO_LAYERS
 
@@ -55,7 +55,7 @@ def prepare(model: nn.Module, calibration: torch.Tensor) -> torch.fx.GraphModule
         exported = torch.export.export(model, (example,), dynamic_shapes=({0: Dim("batch")},), strict=True)
         prepared = prepare_pt2e(exported.module(), X86InductorQuantizer().set_global(x86_config()))
     except Exception as err:  # a failure to capture or annotate is a property of the architecture: same every time
-        reason = _first_line(err)
+        reason = first_line(err)
         raise CellError(f"int8 needs a model torch.export can capture and PT2E can annotate: {reason}") from err
     run_calibration(prepared, calibration)
     return prepared
@@ -99,7 +99,7 @@ class Int8Model(nn.Module):
         try:
             forward(batch)
         except Exception as err:  # any compile failure: the eager graph computes the same
-            log.warning("int8: compiling to x86 int8 kernels failed, running the eager graph: %s", _first_line(err))
+            log.warning("int8: compiling to x86 int8 kernels failed, running the eager graph: %s", first_line(err))
             return self
         return forward
 
@@ -180,10 +180,6 @@ class Int8(QuantMode):
             ACT_SCALE: torch.tensor([n.args[1] for n in activations], dtype=torch.float64),
             ACT_ZERO_POINT: torch.tensor([n.args[2] for n in activations], dtype=torch.int64),
         }
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _graph_tensors(gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
