@@ -28,17 +28,28 @@ def test_default_grid_writes_every_result_and_a_rerun_starts_nothing(default_run
     assert by["retrain", "fp32"]["forget_train_accuracy"] == 0.0  # never saw class 0
     assert by["original", "fp32"]["forget_train_accuracy"] > 0.9
     assert by["retrain", "fp32"]["gap_to_retrain"] == 0.0
-    assert by["original", "int8"]["recovery_forget_train_accuracy"] is not None
+    for method in ("original", "finetune"):  # recovery: the quantized row's forget accuracy less its fp32 parent's
+        quantized, fp32 = by[method, "int8"], by[method, "fp32"]
+        expected = quantized["forget_train_accuracy"] - fp32["forget_train_accuracy"]
+        assert abs(quantized["recovery_forget_train_accuracy"] - expected) < 1e-12
     assert by["finetune", "fp32"]["speedup_over_retrain"] > 0
     for row in rows:
         for split in ("test", "forget_train", "retain_train", "retain_test", "forget_test"):
             assert 0.0 <= row[f"{split}_accuracy"] <= 1.0
 
-    by_row = {r["key"]: r for r in rows}
-    for row in rows:  # the comparison with the gold standard: zero for the retrain model itself
-        assert row["compare_key"] is not None and row["js_to_retrain_test"] >= 0
-    assert all(by_row[k]["js_to_retrain_forget_train"] < 1e-12 for k in by_row if by_row[k]["method"] == "retrain"
-               and by_row[k]["quant"] == "fp32")  # fmt: skip
+    for row in rows:  # beside the same-quant retrain model: the retrain model itself is at distance 0
+        assert row["compare_key"] is not None
+        if row["method"] == "retrain":
+            assert row["privacy_score"] == 1.0 and row["js_to_retrain_test"] < 1e-12
+            assert abs(row["kl_to_retrain_forget_train"]) < 1e-12
+        else:
+            assert row["js_to_retrain_test"] > 0 and row["privacy_score"] <= 1.0
+    # the mechanism, on quantized rows of models that moved away from the original
+    assert by["original", "int8"]["quant_update_ratio"] is None
+    for method in ("finetune", "retrain"):
+        row = by[method, "int8"]
+        assert 0 < row["quant_update_ratio"] < 2 and 0 <= row["quant_snapped_back"] <= 1
+        assert json.loads(row["quant_update_per_layer"]).keys() >= {"0", "3"}  # small_cnn's first two convs
 
     before = metas(default_run)
     tune_state = sorted(p.name for p in (default_run / "tune").rglob("*"))

@@ -4,6 +4,7 @@ or a damaged parent does to the cells that read it."""
 from types import SimpleNamespace
 
 from cvmf_ray.config import load_config
+from cvmf_ray.driver import _stale_comparisons
 from cvmf_ray.grid import expand_grid
 from cvmf_ray.progress import Progress
 from cvmf_ray.runner import DagSearcher
@@ -107,3 +108,18 @@ def test_progress_tells_cells_running_from_cells_queued_for_resources():
     assert "train 1/3 (2 running)" in progress.summary() and " · ETA " in progress.summary()
     # the ETA weighs what is left by its estimated cost: two trainings and every cheaper cell after them
     assert scheduler.cost_done == 30 and scheduler.cost_left > 60
+
+
+def test_a_comparison_that_missed_a_seed_runs_again_once_that_seed_has_finished():
+    grid = grid_of(seeds="0,1", methods="original,retrain,finetune", quant="fp32")
+    done = set(grid.cells)
+
+    def covering(cell, seeds):
+        return {"rows": {cell.inputs[f"model:{s}"]: {} for s in seeds}, "group": {}}
+
+    comparisons = {c.key: covering(c, (0, 1)) for c in grid.stage("compare")}
+    assert not _stale_comparisons(grid, done, dict(comparisons))
+    finetune = next(c for c in grid.stage("compare") if "finetune" in c.describe())
+    comparisons[finetune.key] = covering(finetune, (0,))  # it ran while seed 1's evaluation had failed
+    assert not _stale_comparisons(grid, done - {finetune.inputs["model:1"]}, dict(comparisons))  # still failed
+    assert _stale_comparisons(grid, done, comparisons) == {finetune.key} and finetune.key not in comparisons
