@@ -115,6 +115,10 @@ def _run_cells(config, grid, store, scheduler, log, verbose, stop) -> tuple[DagS
                 ray.shutdown()
     except (Interrupted, RunStopped) as err:
         return searcher, err
+    except SystemError as err:  # a second signal, raised inside Ray's Cython code, arrives wrapped
+        if isinstance(err.__context__, Interrupted):
+            return searcher, err.__context__
+        raise
     finally:
         progress.close()
     return searcher, None
