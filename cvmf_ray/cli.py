@@ -210,16 +210,20 @@ def status(run_dir: Annotated[str, typer.Argument(help="A run directory (RESULTS
     run's lock: it works while a grid runs)."""
     from cvmf_ray.driver import read_grid
     from cvmf_ray.grid import STAGES
+    from cvmf_ray.scheduler import Scheduler
 
     store = _readable_run(run_dir)
     grid = read_grid(store)
     listing = store.listing()
+    scheduler = Scheduler(grid, listing.done & grid.cells.keys())
+    for key in (listing.failed & grid.cells.keys()) - listing.done:
+        scheduler.mark_failed(key, "")  # and what reads it is blocked: failed too, as in the results table
+    counts = scheduler.counts()
     echo(f"{'stage':10}{'done':>6}{'failed':>8}{'pending':>9}")
     for stage in STAGES:
-        keys = {c.key for c in grid.stage(stage)}
-        done, failed = len(keys & listing.done), len((keys & listing.failed) - listing.done)
-        if keys:
-            echo(f"{stage:10}{done:>6}{failed:>8}{len(keys) - done - failed:>9}")
+        c = counts[stage]
+        if sum(c.values()):
+            echo(f"{stage:10}{c['done']:>6}{c['failed']:>8}{c['pending']:>9}")
 
 
 class Format(str, Enum):
