@@ -129,6 +129,9 @@ def connect(config: GridConfig, verbose: bool) -> Plan:
         TUNE_PRINT_ALL_TRIAL_ERRORS="0",
         TUNE_WARN_INSUFFICENT_RESOURCE_THRESHOLD_S="1000000",  # requests are checked before the run
     )
+    # torchao's deprecated registration of its KernelPreference enum warns in every process that imports it
+    # (trials, inductor's compile workers): local Ray processes inherit this environment
+    os.environ.setdefault("TORCH_LOGS", "-torch.utils._pytree")
     common = {"logging_level": logging.ERROR, "log_to_driver": verbose, "namespace": f"cvmf-ray-{os.getpid()}"}
     if config.address:
         ray.init(address=config.address, **common)
