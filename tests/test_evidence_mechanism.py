@@ -107,3 +107,17 @@ def test_without_quantization_the_whole_update_survives(original):
     assert result["quant_update_ratio"] == pytest.approx(1.0)
     assert result["quant_snapped_back"] == 0.0
     assert result["quant_update_to_step"] is None  # fp32 has no step
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_tiny_update_that_rescales_every_channel_still_snaps_back(original, bits):
+    state, names = original
+    quantize = grid_quantizer(bits)
+    # every weight, each channel's largest included, moves by 1e-4 of a step: every scale changes a little,
+    # every quantized value shifts by far less than a step, and almost no weight changes grid point
+    unlearnt = {k: v.clone() for k, v in state.items()}
+    for name in names:
+        unlearnt[name] = state[name] + 1e-4 * channel_step(state[name], bits) * torch.randn_like(state[name])
+    result = quant_update(state, unlearnt, names, quantize)
+    assert result["quant_snapped_back"] > 0.99
+    assert result["quant_update_to_step"] == pytest.approx(1e-4, rel=0.2)
