@@ -87,7 +87,7 @@ class GridConfig(BaseModel):
     calibration_size: Count = 512  # retain-train images used to calibrate quantization
     relearn: bool = False  # measure every evaluated model's relearn time (its evaluate cell fine-tunes a copy)
     relearn_params: RelearnParams = RelearnParams()  # how (cvmf_ray/evidence/relearn.py says why each default)
-    data_root: str = "~/.cache/cvmf-ray/data"
+    data_root: str = Field("~/.cache/cvmf-ray/data", validate_default=True)  # made absolute (trials run elsewhere)
     # where and on what
     results_dir: str = "results"
     name: str = "default"
