@@ -47,7 +47,7 @@ PLUGIN = textwrap.dedent('''
 def grid_args(seeds: int, results: Path, name: str) -> list[str]:
     return ["grid", "--results-dir", str(results), "--name", name, "--models", "bench_scale_plugins:tiny",
             "--methods", "original,retrain,finetune,gradient_ascent,random_label", "--quant",
-            "fp32,fp16,int8_weight,int4_weight", "--forget-classes", "all", "--seeds", ",".join(map(str, range(seeds))),
+            "fp32,fp16,bf16,int8_weight", "--forget-classes", "all", "--seeds", ",".join(map(str, range(seeds))),
             "--epochs", "2", "--unlearn-epochs", "1"]  # fmt: skip
 
 
