@@ -41,27 +41,14 @@ from cvmf_ray.evidence.relearn import RelearnParams, dequantized_copy, relearn
 from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks, split_data
 from cvmf_ray.methods import resolve_method
 from cvmf_ray.models import create_model
-from cvmf_ray.quant._layers import IntGrid, QuantizedLayer
+from cvmf_ray.quant import QUANT_MODES
 from cvmf_ray.stages import evaluate, quantize, train, unlearn
 from cvmf_ray.stages.evaluate import predict
 
 FORGET = ForgetSpec("class", 0)
 METHODS = ("gradient_ascent", "finetune", "random_label")
-GRIDS = {"int8_weight": 8, "int4_weight": 4}
+GRIDS = ("int8_weight", "int4_weight")
 REPEATS = 3  # per-row timings: the fastest of 3
-
-
-def grid_quantizer(bits: int):
-    """Q for a weight-only grid: the values its `QuantizedLayer` computes with (QuantMode.quantize_weight,
-    once it exists, is this)."""
-
-    def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
-        holder = nn.Linear(1, 1, bias=False)
-        holder.weight = nn.Parameter(weight.clone())
-        layer = QuantizedLayer(holder, IntGrid(bits), quantize_inputs=False)
-        return layer.grid.decode(layer.qweight, layer.weight_shape) * layer.weight_scale
-
-    return quantize_weight
 
 
 def timed(fn, *args, **kwargs):
@@ -118,8 +105,8 @@ def digits_rows(data: ImageData) -> dict[tuple[str, str], dict]:
     rows = {}
     for name, model in fp32.items():
         rows[name, "fp32"] = {"model": model, "relearn_model": model, "quantize_weight": None}
-        for mode, bits in GRIDS.items():
-            q = grid_quantizer(bits)
+        for mode in GRIDS:
+            q = QUANT_MODES.get(mode).quantize_weight
             rows[name, mode] = {
                 "model": quantize(model, mode, None)[0],
                 "relearn_model": dequantized_copy(model, q),

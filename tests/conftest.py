@@ -14,12 +14,43 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from cvmf_ray.cli import run_cli
+from cvmf_ray.config import load_config
+from cvmf_ray.datasets import DATASETS
+from cvmf_ray.forget import ForgetSpec, forget_mask
+from cvmf_ray.models import create_model
 from cvmf_ray.schema import TIMING_COLUMNS
+from cvmf_ray.stages import train
 
 FAST = ["--epochs", "6"]  # the default grid, fewer epochs: every test that compares tables uses these
 TRAIN_ONLY = ["--methods", "original", "--quant", "fp32", "--epochs", "60"]  # one long training cell
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's digits, as every digits cell loads them."""
+    return DATASETS.get("digits").load_data("unused")
+
+
+def train_small_cnn(digits, epochs: int | None = 6, exclude=None):
+    """small_cnn trained on digits with digits' own recipe, `epochs` long (None: the recipe's 30), seed 0."""
+    torch.manual_seed(0)
+    recipe = load_config(epochs=epochs).recipe_for("digits")
+    return train(create_model("small_cnn", 1, 10), digits, recipe, seed=0, exclude=exclude)[0]
+
+
+@pytest.fixture(scope="module")
+def original(digits):
+    """The model that saw class 0 (6 epochs)."""
+    return train_small_cnn(digits)
+
+
+@pytest.fixture(scope="module")
+def retrain(digits):
+    """The model trained without class 0 (6 epochs)."""
+    return train_small_cnn(digits, exclude=forget_mask(ForgetSpec("class", 0), digits.train_y, seed=0))
 
 
 @pytest.fixture

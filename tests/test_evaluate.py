@@ -8,28 +8,18 @@ import pytest
 import torch
 from sklearn.metrics import recall_score
 
-from cvmf_ray.config import TrainRecipe
-from cvmf_ray.datasets import DATASETS
-from cvmf_ray.datasets.digits import TRAIN_RECIPE as DIGITS_RECIPE
 from cvmf_ray.forget import ForgetSpec, forget_masks, split_data
-from cvmf_ray.models import create_model
 from cvmf_ray.privacy import privacy_metrics
 from cvmf_ray.schema import METRICS, SPLITS
-from cvmf_ray.stages import evaluate, train
+from cvmf_ray.stages import evaluate
 from cvmf_ray.stages.evaluate import classification_metrics, predict
 
 FORGET = ForgetSpec("class", 0)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return DATASETS.get("digits").load_data("unused")
-
-
-@pytest.fixture(scope="module")
-def model(digits):
-    torch.manual_seed(0)
-    return train(create_model("small_cnn", 1, 10), digits, TrainRecipe(**{**DIGITS_RECIPE, "epochs": 6}), seed=0)[0]
+def model(original):
+    return original
 
 
 def _masks(data, spec=FORGET):

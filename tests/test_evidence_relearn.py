@@ -6,42 +6,17 @@ import copy
 import pytest
 import torch
 
-from cvmf_ray.config import load_config
-from cvmf_ray.datasets import DATASETS
 from cvmf_ray.evidence.relearn import RelearnParams, dequantized_copy, relearn
 from cvmf_ray.forget import ForgetSpec, forget_mask
-from cvmf_ray.models import create_model
-from cvmf_ray.stages import train
 from tests.test_evidence_mechanism import grid_quantizer
 
 FORGET = ForgetSpec("class", 0)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return DATASETS.get("digits").load_data("unused")
-
-
-@pytest.fixture(scope="module")
 def forget_set(digits):
     mask = forget_mask(FORGET, digits.train_y, seed=0)
     return digits.train_x[mask], digits.train_y[mask], digits.mean, digits.std
-
-
-def _train(digits, exclude=None):
-    torch.manual_seed(0)
-    recipe = load_config(epochs=6).recipe_for("digits")
-    return train(create_model("small_cnn", 1, 10), digits, recipe, seed=0, exclude=exclude)[0]
-
-
-@pytest.fixture(scope="module")
-def original(digits):
-    return _train(digits)
-
-
-@pytest.fixture(scope="module")
-def retrain(digits):
-    return _train(digits, exclude=forget_mask(FORGET, digits.train_y, seed=0))
 
 
 def hidden(model):

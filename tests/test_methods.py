@@ -16,14 +16,12 @@ import textwrap
 import pytest
 import torch
 
-from cvmf_ray.config import load_config
-from cvmf_ray.datasets import DATASETS
 from cvmf_ray.errors import CellError, UsageError
 from cvmf_ray.forget import ForgetSpec, split_data
 from cvmf_ray.methods import METHODS, resolve_method
-from cvmf_ray.models import create_model
-from cvmf_ray.stages import train, unlearn
+from cvmf_ray.stages import unlearn
 from cvmf_ray.stages.evaluate import predict
+from tests.conftest import train_small_cnn
 
 FORGET = ForgetSpec("class", 0)
 UNLEARNING = [n for n in METHODS.names() if METHODS.get(n).fn is not None]
@@ -40,15 +38,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return DATASETS.get("digits").load_data("unused")
-
-
-@pytest.fixture(scope="module")
 def original(digits):
-    torch.manual_seed(0)
-    model, _ = train(create_model("small_cnn", 1, 10), digits, load_config().recipe_for("digits"), seed=0)
-    return model
+    return train_small_cnn(digits, epochs=None)  # the full recipe: methods are judged against 100% train accuracy
 
 
 def run(original, digits, method: str, overrides: dict | None = None):

@@ -4,41 +4,15 @@ saw class 0, on digits; and the flat metric dict evaluate() returns for the resu
 import math
 
 import numpy as np
-import pytest
-import torch
 
-from cvmf_ray.config import load_config
-from cvmf_ray.datasets import DATASETS
-from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks
-from cvmf_ray.models import create_model
+from cvmf_ray.forget import ForgetSpec, forget_masks
 from cvmf_ray.privacy import seed_lr_accuracy, svc_efficacy
 from cvmf_ray.schema import METRICS, SPLITS
-from cvmf_ray.stages import evaluate, quantize, train
+from cvmf_ray.stages import evaluate, quantize
 from cvmf_ray.stages.quantize import calibration_images
 
 FORGET = ForgetSpec("class", 0)
 MIA = ("mia_efficacy", "mia_forget_auc", "mia_seed_lr_accuracy", "mia_retain_auc")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return DATASETS.get("digits").load_data("unused")
-
-
-def _train(digits, exclude=None):
-    torch.manual_seed(0)
-    recipe = load_config(epochs=6).recipe_for("digits")
-    return train(create_model("small_cnn", 1, 10), digits, recipe, seed=0, exclude=exclude)[0]
-
-
-@pytest.fixture(scope="module")
-def original(digits):
-    return _train(digits)
-
-
-@pytest.fixture(scope="module")
-def retrain(digits):
-    return _train(digits, exclude=forget_mask(FORGET, digits.train_y, seed=0))
 
 
 def _evaluate(model, digits, forget=FORGET):
