@@ -19,8 +19,8 @@ SPLIT_SEED = 0
 TEST_FRACTION = 0.25
 
 # small_cnn reaches 100% train accuracy with it (tests/test_methods.py); no crop or flip (8 px leave nothing to
-# crop, and a mirrored 2 is no 2); fp32: at 8x8 bf16 autocast costs more than it saves (6 epochs of small_cnn
-# on 1 thread: 7.6 s with it, 5.0 s without)
+# crop, and a mirrored 2 is no 2); fp32, as the README's digits studies were computed (bf16 autocast would be
+# ~1.5x faster where the CPU has native bf16: BENCHMARKS.md, the default grid's wall time)
 TRAIN_RECIPE = {"epochs": 30, "batch_size": 64, "lr": 0.05, "crop_padding": 0, "flip": False}
 # what each method changes on digits, where an epoch is ~20x fewer steps than on CIFAR (see each docstring)
 METHOD_DEFAULTS = {
