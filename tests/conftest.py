@@ -119,6 +119,14 @@ def comparable(table: Path | pa.Table) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
 
 
+def session_processes(driver: subprocess.Popen, pattern: str = "") -> list[str]:
+    """PIDs of the processes in `driver`'s session (the Ray instance it started included) whose command line
+    contains `pattern`: other Ray instances on the machine are left alone."""
+    listing = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout.splitlines()
+    rows = [line.split(None, 2) + [""] for line in listing]
+    return [pid for pid, sid, args, *_ in rows if sid == str(driver.pid) and pattern in args]
+
+
 def start_driver(*args: str, log: Path) -> subprocess.Popen:
     """`cvmf-ray ARGS` as a separate driver process in its own session (Ray's processes join it)."""
     command = [sys.executable, "-m", "cvmf_ray", *map(str, args)]

@@ -12,12 +12,17 @@ import pyarrow.parquet as pq
 import torch
 
 from cvmf_ray.store import RunStore
-from tests.conftest import FAST, TRAIN_ONLY, comparable, kill_session, metas, start_driver, train_checkpoints, wait_for
-
-
-def processes(pattern: str) -> list[str]:
-    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in listing.splitlines() if pattern in line]
+from tests.conftest import (
+    FAST,
+    TRAIN_ONLY,
+    comparable,
+    kill_session,
+    metas,
+    session_processes,
+    start_driver,
+    train_checkpoints,
+    wait_for,
+)
 
 
 def test_driver_killed_during_training_resumes_from_the_cells_epoch_checkpoint(long_training_reference, tmp_path, cli):
@@ -40,7 +45,7 @@ def test_a_trial_killed_mid_training_is_retried_by_tune_from_the_last_epoch(long
     run = tmp_path / "default"
     driver = start_driver("grid", "--results-dir", tmp_path, *TRAIN_ONLY, log=tmp_path / "driver.log")
     wait_for(lambda: len(train_checkpoints(run)) > 0, driver, "a training checkpoint")
-    victims = processes("ray::ImplicitFunc")  # the Tune trial, training in its own process
+    victims = session_processes(driver, "ray::ImplicitFunc")  # the Tune trial, training in its own process
     assert len(victims) == 1, victims
     subprocess.run(["kill", "-9", *victims], check=True)
     try:
@@ -57,7 +62,7 @@ def test_a_trial_killed_while_evaluating_is_retried_and_its_cells_rerun(default_
     driver = start_driver("grid", "--results-dir", tmp_path, *FAST, log=tmp_path / "driver.log")
     wait_for(lambda: sum(m["stage"] == "evaluate" for m in metas(run).values()) >= 3, driver, "evaluations")
     before = {m["placement"]["pid"] for m in metas(run).values()}
-    victims = processes("ray::ImplicitFunc")
+    victims = session_processes(driver, "ray::ImplicitFunc")
     assert victims
     subprocess.run(["kill", "-9", victims[0]], check=True)
     try:

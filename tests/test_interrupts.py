@@ -11,12 +11,17 @@ import time
 
 import pyarrow.parquet as pq
 
-from tests.conftest import FAST, TRAIN_ONLY, comparable, kill_session, metas, start_driver, train_checkpoints, wait_for
-
-
-def session_processes(driver: subprocess.Popen) -> list[str]:
-    listing = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in listing if line.split()[1] == str(driver.pid)]
+from tests.conftest import (
+    FAST,
+    TRAIN_ONLY,
+    comparable,
+    kill_session,
+    metas,
+    session_processes,
+    start_driver,
+    train_checkpoints,
+    wait_for,
+)
 
 
 def interrupt(driver: subprocess.Popen, signum: int) -> float:
