@@ -120,11 +120,15 @@ def comparable(table: Path | pa.Table) -> list[dict]:
 
 
 def session_processes(driver: subprocess.Popen, pattern: str = "") -> list[str]:
-    """PIDs of the processes in `driver`'s session (the Ray instance it started included) whose command line
-    contains `pattern`: other Ray instances on the machine are left alone."""
-    listing = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout.splitlines()
-    rows = [line.split(None, 2) + [""] for line in listing]
-    return [pid for pid, sid, args, *_ in rows if sid == str(driver.pid) and pattern in args]
+    """PIDs of the live processes in `driver`'s session (the Ray instance it started included) whose command line
+    contains `pattern`: other Ray instances on the machine are left alone, exited ones (zombies) do not count."""
+    listing = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 3) + [""] for line in listing.splitlines()]
+    return [
+        pid
+        for pid, sid, stat, args, *_ in rows
+        if sid == str(driver.pid) and not stat.startswith("Z") and pattern in args
+    ]
 
 
 def start_driver(*args: str, log: Path) -> subprocess.Popen:
