@@ -1,6 +1,6 @@
 """The evidence columns of a run at a glance: per (method, quant), the mean over seeds and forget sets.
 
-    python scripts/evidence_table.py results/quant-recovery
+    python scripts/evidence_table.py results/quant-recovery [--by-forget]
 
 forget = forget-train accuracy; recov = its change from the fp32 parent; ratio = quant_update_ratio (share of
 the unlearning update the quantizer keeps); snap = quant_snapped_back; upd/step = quant_update_to_step;
@@ -24,9 +24,12 @@ COLUMNS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
-    table = pq.read_table(f"{parser.parse_args().run_dir}/results.parquet")
-    stats = aggregate(table, by=["method", "quant"], metrics=[c for c in COLUMNS if c in table.column_names])
-    wide = stats.pivot_table(index=["method", "quant"], columns="metric", values="mean", observed=True, sort=False)
+    parser.add_argument("--by-forget", action="store_true", help="one block per forget set, not their mean")
+    args = parser.parse_args()
+    table = pq.read_table(f"{args.run_dir}/results.parquet")
+    by = ["forget", "method", "quant"] if args.by_forget else ["method", "quant"]
+    stats = aggregate(table, by=by, metrics=[c for c in COLUMNS if c in table.column_names])
+    wide = stats.pivot_table(index=by, columns="metric", values="mean", observed=True, sort=False)
     wide = wide.reindex(columns=[c for c in COLUMNS if c in wide.columns]).rename(columns=COLUMNS)
     print(wide.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
 
