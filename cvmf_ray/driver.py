@@ -38,7 +38,7 @@ class Outcome:
 
 def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = False, stop: StopSignal | None = None
         ) -> Outcome:  # fmt: skip
-    started = time.time()
+    started, stop = time.time(), stop or StopSignal()
     listing = store.listing()
     previous = _previous_table(store, log)
     done = listing.done & grid.cells.keys()
@@ -56,10 +56,10 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
         _prepare(store, grid)
         searcher, stopped = None, None
     else:
-        searcher, stopped = _run_cells(config, grid, store, scheduler, log, verbose, stop or StopSignal())
+        searcher, stopped = _run_cells(config, grid, store, scheduler, log, verbose, stop)
         rows.update(searcher.rows if searcher else {})
         comparisons.update(searcher.comparisons if searcher else {})
-    if stopped is not None and searcher is not None and searcher.stop.lock_lost:
+    if stop.lock_lost:
         stopped.summary = "the driver that holds the run now writes its table"
         raise stopped
     table = _table(config, grid, store, scheduler, listing.failed, rows, comparisons, started)
@@ -76,15 +76,14 @@ def _stale_comparisons(grid: Grid, done: set[str], comparisons: dict[str, dict])
     """Finished compare cells to run again: those that ran while a seed's model or retrain had not finished
     (failed, or not yet run), which has finished since. Their group's columns would leave that seed out."""
     stale = set()
-    for cell in grid.stage("compare"):
+    for cell in (c for c in grid.stage("compare") if c.key in done):
         covered = comparisons.get(cell.key, {}).get("rows", {})
-        for name, model in cell.inputs.items():
-            retrain = cell.inputs.get(name.replace("model:", "retrain:", 1))
-            if name.startswith("model:") and {model, retrain} <= done and model not in covered:
-                stale.add(cell.key)
-    for key in stale & done:
-        comparisons.pop(key, None)
-    return stale & done
+        pairs = [(key, cell.inputs[name.replace("model:", "retrain:")]) for name, key in cell.inputs.items()
+                 if name.startswith("model:")]  # fmt: skip
+        if any(model in done and retrain in done and model not in covered for model, retrain in pairs):
+            stale.add(cell.key)
+            comparisons.pop(cell.key, None)
+    return stale
 
 
 def _prepare(store: RunStore, grid: Grid) -> None:

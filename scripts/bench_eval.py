@@ -80,7 +80,7 @@ def machine(threads: int) -> str:
     return (
         f"torch {torch.__version__}, CPython {platform.python_version()}; CPU: {cpu}, {os.cpu_count()} cores, "
         f"{threads} torch thread(s); load average at start {os.getloadavg()[0]:.1f}\n"
-        f"code: {code} ({commit.stdout.strip() or 'not a git checkout'})"
+        f"code: checkout at {commit.stdout.strip() or '? (not a git checkout)'}"
     )
 
 

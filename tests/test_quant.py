@@ -12,7 +12,6 @@ from torch import nn
 
 from cvmf_ray.config import TrainRecipe
 from cvmf_ray.data import normalize
-from cvmf_ray.datasets import DATASETS
 from cvmf_ray.datasets.digits import TRAIN_RECIPE as DIGITS_RECIPE
 from cvmf_ray.errors import CellError
 from cvmf_ray.forget import ForgetSpec
@@ -43,11 +42,6 @@ EXPECTED = {
 }
 GRID_MODES = ("int8_weight", "int4_weight", "fp8_e4m3", "fp8_e5m2")
 FP16_EPS = torch.finfo(torch.float16).eps  # 2^-10: one fp16 ulp of a value in [1, 2)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return DATASETS.get("digits").load_data("unused")
 
 
 @pytest.fixture(scope="module")

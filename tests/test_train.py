@@ -17,11 +17,6 @@ from cvmf_ray.stages.train import checkpoint, make_optimizer, match_layout, trai
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-@pytest.fixture(scope="module")
-def digits() -> ImageData:
-    return DATASETS.get("digits").load_data("")
-
-
 def accuracy(model, data: ImageData, mask=slice(None)) -> float:
     logits = predict(model, data.test_x[mask], data.mean, data.std, "cpu", 1024)
     return (logits.argmax(1) == data.test_y[mask]).float().mean().item()

@@ -62,7 +62,7 @@ def evaluate(
 def split_outputs(
     logits: dict[str, torch.Tensor], data: ImageData, train_forget: torch.Tensor, test_forget: torch.Tensor
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(logits, labels) of each split of `forget.SPLITS`, masked out of the train and test logits."""
+    """(logits, labels) of each split of `schema.SPLITS`, masked out of the train and test logits."""
     return {
         "test": (logits["test"], data.test_y),
         "forget_test": (logits["test"][test_forget], data.test_y[test_forget]),
