@@ -125,7 +125,7 @@ def main() -> None:
         variants = {mode: restored}
         if hasattr(restored, "inference_forward"):  # int8: also its graph run eagerly, as on a GPU
             eager = impl.restore(create_model("small_cnn", 1, 10).eval(), state).eval()
-            eager.inference_forward = lambda batch, eager=eager: eager
+            eager.inference_forward = lambda batch, images, eager=eager: eager
             variants[f"{mode} eager"] = eager
         for name, variant in variants.items():
             result, wall, cpu = timed(lambda v=variant: run_evaluate(v, data))

@@ -1,6 +1,7 @@
 """Wall time of a grid run vs the time spent inside stage functions: Ray's overhead share.
 
-    python scripts/bench_grid.py                 # the embedded default grid
+    python scripts/bench_grid.py                 # the embedded default grid, 5 runs
+    python scripts/bench_grid.py --repeat 3      # 3 runs
     python scripts/bench_grid.py -- --epochs 60  # anything after -- goes to `cvmf-ray grid`
 
 Stage time is the union of the wall-clock intervals during which at least one stage function ran
@@ -10,6 +11,8 @@ Overhead share = (wall - stage time) / wall; wall includes the CLI's start, Ray'
 Ray's floor puts that share in context: one Tuner with as many trials as the run used (its searcher
 hands them out, `reuse_actors` as cvmf-ray sets it), run by a process that imports only Ray and whose trials
 do nothing. No grid on this machine can cost less; overhead above the floor = wall - stage time - floor.
+Each run is followed by its floor; the medians over the runs are the numbers to read (one run varies by seconds
+on a 2-core machine: Ray's own start does).
 """
 
 import json
@@ -17,6 +20,7 @@ import logging
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,9 +77,8 @@ def empty_trials(trials: int) -> None:
     shutil.rmtree(storage)
 
 
-def main() -> None:
-    extra = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
-    load = os.getloadavg()[0]
+def one_run(extra: list[str]) -> dict:
+    """One `cvmf-ray grid` into a fresh directory, then Ray's floor for as many trials as it used."""
     results = Path(tempfile.mkdtemp(prefix="bench-grid-"))
     command = [str(Path(sys.executable).with_name("cvmf-ray")), "grid", "--results-dir", str(results), *extra]
     wall = timed(command)
@@ -84,24 +87,44 @@ def main() -> None:
         meta = json.loads(meta_file.read_text())
         intervals.setdefault(meta["stage"], []).append(tuple(meta["interval"]))
     trials = len(list(results.glob("*/tune/dag/*-*")))
+    shutil.rmtree(results)
     stage_time = union_seconds([i for spans in intervals.values() for i in spans])
     floor = timed([sys.executable, __file__, "--empty-trials", str(trials)])
+    overhead = wall - stage_time - floor
+    return {"command": command, "wall": wall, "stage_time": stage_time, "intervals": intervals, "trials": trials,
+            "floor": floor, "overhead": overhead}  # fmt: skip
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} s (range {min(values):.1f}-{max(values):.1f})"
+
+
+def main() -> None:
+    extra = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
+    ours = sys.argv[: len(sys.argv) - len(extra)]
+    repeat = int(ours[ours.index("--repeat") + 1]) if "--repeat" in ours else 5
+    load = os.getloadavg()[0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"load average at start {load:.1f}")  # fmt: skip
-    print(f"command: cvmf-ray {' '.join(command[1:])}")
-    for stage, spans in intervals.items():
+    runs = []
+    for i in range(repeat):  # one run says little on a 2-core machine: Ray's own start varies by seconds
+        r = one_run(extra)
+        runs.append(r)
+        print(f"run {i + 1}: wall {r['wall']:.1f} s, inside stage functions {r['stage_time']:.1f} s, "
+              f"Ray's floor ({r['trials']} trials) {r['floor']:.1f} s, overhead above it {r['overhead']:.1f} s",
+              flush=True)  # fmt: skip
+    median = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+    print(f"command: cvmf-ray {' '.join(median['command'][1:])}")
+    print(f"the median run of {len(runs)}, per stage:")
+    for stage, spans in median["intervals"].items():
         summed = sum(b - a for a, b in spans)
         print(f"  {stage:9} {len(spans):3} cells, busy {union_seconds(spans):6.2f} s, summed {summed:6.2f} s")
-    share = (wall - stage_time) / wall
-    print(
-        f"wall {wall:.1f} s (target <= 25), inside stage functions {stage_time:.1f} s, Ray overhead share {share:.1%}"
-    )
-    print(
-        f"Ray's floor (one Tuner, {trials} trials that do nothing): {floor:.1f} s; overhead above it "
-        f"{wall - stage_time - floor:.1f} s (target <= 3); with this much stage time no run can have a share "
-        f"below {floor / (floor + stage_time):.1%}"
-    )
-    shutil.rmtree(results)
+    share = (median["wall"] - median["stage_time"]) / median["wall"]
+    least = median["floor"] / (median["floor"] + median["stage_time"])
+    print(f"wall {spread([r['wall'] for r in runs])} (target <= 25); median run: inside stage functions "
+          f"{median['stage_time']:.1f} s, Ray overhead share {share:.1%} (no run with this much stage time can "
+          f"go below {least:.1%})")  # fmt: skip
+    print(f"overhead above Ray's floor {spread([r['overhead'] for r in runs])} (target <= 3)")
 
 
 if __name__ == "__main__":

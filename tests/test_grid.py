@@ -69,8 +69,9 @@ def test_a_fashion_mnist_grid_resolves_the_published_recipe_and_method_values():
     assert cifar_recipe == PUBLISHED_RECIPE
 
 
-# What digits resolves (its own recipe, in fp32, and its own method values) beside the published defaults.
-DIGITS_RECIPE = {**PUBLISHED_RECIPE, "epochs": 30, "batch_size": 64, "lr": 0.05, "crop_padding": 0, "flip": False}
+# What digits resolves (its own recipe, in bf16 autocast, and its own method values) beside the published defaults.
+DIGITS_RECIPE = {**PUBLISHED_RECIPE, "epochs": 30, "batch_size": 64, "lr": 0.05, "crop_padding": 0, "flip": False,
+                 "bf16": True}  # fmt: skip
 DIGITS_METHODS = {
     "bad_teacher": {"epochs": 10, "lr": 1e-3, "batch_size": 256, "temperature": 1.0, "retain_fraction": 0.3},
     "boundary_expanding": {"epochs": 10, "lr": 1e-5, "batch_size": 32},

@@ -94,6 +94,25 @@ def test_mode_is_faithful_and_round_trips_through_safetensors(mode, trained, dig
         assert not torch.equal(logits, fp32_logits), "a quantized mode returned the fp32 model"
 
 
+def test_int8_captures_an_architecture_once_and_every_model_keeps_its_own_values(trained, digits, calibration):
+    """Quantize and restore copy a graph torch.export captured once per architecture: each model's own weights
+    and scales go into its copy."""
+    arch, model, _ = trained
+    shrunk = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in shrunk.parameters():
+            parameter.mul_(0.7)
+    impl, restored_logits = QUANT_MODES.get("int8"), []
+    for source in (model, shrunk, model):
+        qmodel, _ = quantize(source, "int8", calibration)
+        state = safetensors.torch.load(safetensors.torch.save(impl.state_dict(qmodel)))
+        restored = impl.restore(create_model(arch, 1, 10).eval(), state)
+        restored_logits.append(predict(restored, digits.test_x, digits.mean, digits.std))
+        assert torch.equal(restored_logits[-1], predict(qmodel, digits.test_x, digits.mean, digits.std))
+    assert torch.equal(restored_logits[0], restored_logits[2])
+    assert not torch.equal(restored_logits[0], restored_logits[1])
+
+
 def test_calibration_is_normalised_and_the_unquantized_pipeline_is_the_identity(trained, digits, calibration):
     arch, model, _ = trained
     # class-balanced retain images (class 0 is forgotten), through exactly the evaluation transform
@@ -311,7 +330,9 @@ def test_int8_compiled_forward_makes_the_eager_graphs_predictions(digits, calibr
     qmodel, _ = quantize(model, "int8", calibration)
     x = normalize(digits.test_x, digits.mean, digits.std).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        forward = inference_forward(qmodel, x[:64])
+        # 450 images run eagerly in a fraction of a second, where compiling takes seconds; 10^8 would not
+        assert inference_forward(qmodel, x[:64], len(x)) is qmodel
+        forward = inference_forward(qmodel, x[:64], 10**8)
         assert forward is not qmodel, "int8 did not compile on this x86 CPU"
         compiled = torch.cat([forward(x[i : i + 64]) for i in range(0, len(x), 64)])
         eager = qmodel(x)

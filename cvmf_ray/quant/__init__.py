@@ -6,8 +6,9 @@ runnable quantized module, saves it as plain tensors (safetensors, never pickle)
     qmodel = mode.restore(create_model(...).eval(), state)  # evaluate stage, another process
 
 `mode.quantize_weight(w)` is the fp32 value a Conv2d/Linear weight `w` takes on the mode's grid: what the
-mode actually computes with. A quantized module may define `inference_forward(batch)`, a faster forward with
-the same numerics (int8: compiled x86 int8 kernels); `inference_forward(model, batch)` picks it up.
+mode actually computes with. A quantized module may define `inference_forward(batch, images)`, a faster
+forward with the same numerics for `images` images (int8: compiled x86 int8 kernels, where compiling pays);
+`inference_forward(model, batch, images)` picks it up.
 
 Calibration images are always normalised with the dataset's evaluation transform: the pipeline this
 project replaces lost ~11 points in int8/fp8 by skipping that normalisation.
@@ -66,9 +67,10 @@ def run_calibration(model: nn.Module, calibration: torch.Tensor) -> None:
         model(batch)
 
 
-def inference_forward(model: nn.Module, batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The fastest forward of `model` with its numerics, for batches shaped like `batch` (or smaller)."""
-    return model.inference_forward(batch) if hasattr(model, "inference_forward") else model
+def inference_forward(model: nn.Module, batch: torch.Tensor, images: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The fastest forward of `model` with its numerics over `images` images, in batches shaped like `batch`
+    (or smaller)."""
+    return model.inference_forward(batch, images) if hasattr(model, "inference_forward") else model
 
 
 QUANT_MODES: Registry[QuantMode] = Registry("quant mode")

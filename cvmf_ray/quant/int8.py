@@ -4,9 +4,11 @@ torch.export (strict, dynamic batch) → `prepare_pt2e` (folds BatchNorm into th
 calibration forwards on retain-train images (evaluation transform) → `convert_pt2e`. Weights: int8,
 symmetric, per output channel; activations: uint8, affine, per tensor, histogram-calibrated. The result is
 a graph of quantize/dequantize ops around fp32 convs: the int8 arithmetic, runnable in eager PyTorch on any
-device. Evaluation on an x86 CPU runs it compiled (`Int8Model.inference_forward`): `torch.compile` with
-inductor freezing lowers the same graph to oneDNN int8 kernels, ~5x faster than fp32 (scripts/bench_eval.py),
-with the eager graph's predictions (scripts/bench_quant.py's `int8 eager` row; tests/test_quant.py).
+device. Evaluation on an x86 CPU runs it compiled where that pays (`Int8Model.inference_forward`):
+`torch.compile` with inductor freezing lowers the same graph to oneDNN int8 kernels, ~5x faster than the eager
+graph on Fashion-MNIST (scripts/bench_eval.py), with the eager graph's predictions (scripts/bench_quant.py's
+`int8 eager` row; tests/test_quant.py). Compiling costs seconds (2 s for small_cnn in a fresh process), so a
+set that the eager graph infers in less than `COMPILE_PAYS_S` (the embedded digits: 0.2 s) runs eagerly.
 
 Strict export because torchvision's BasicBlock calls one `self.relu` module twice: the default non-strict
 export maps both calls to one module and `prepare_pt2e` fails ("Input partition has more than one output
@@ -19,9 +21,12 @@ rebuilds the same graph from a fresh model and writes these values back into it.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import platform
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -35,6 +40,7 @@ from cvmf_ray.quant._layers import NO_LAYERS
 log = logging.getLogger(__name__)
 
 INPUT_SHAPE, ACT_SCALE, ACT_ZERO_POINT = "input_shape", "activation_scale", "activation_zero_point"
+COMPILE_PAYS_S = 10.0  # projected eager inference above which compiling (seconds, saving ~80%) is worth it
 
 
 def x86_config():
@@ -50,15 +56,38 @@ def prepare(model: nn.Module, calibration: torch.Tensor) -> torch.fx.GraphModule
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
-    example = torch.zeros(2, *calibration.shape[1:], device=calibration.device)  # batch ≥ 2: 0/1 get specialised
     try:
-        exported = torch.export.export(model, (example,), dynamic_shapes=({0: Dim("batch")},), strict=True)
-        prepared = prepare_pt2e(exported.module(), X86InductorQuantizer().set_global(x86_config()))
+        prepared = prepare_pt2e(exported(model, calibration), X86InductorQuantizer().set_global(x86_config()))
     except Exception as err:  # a failure to capture or annotate is a property of the architecture: same every time
         reason = first_line(err)
         raise CellError(f"int8 needs a model torch.export can capture and PT2E can annotate: {reason}") from err
     run_calibration(prepared, calibration)
     return prepared
+
+
+_EXPORTED: OrderedDict[tuple, torch.fx.GraphModule] = OrderedDict()  # (architecture, input, device) -> graph
+EXPORTS_KEPT = 2
+
+
+def exported(model: nn.Module, images: torch.Tensor) -> torch.fx.GraphModule:
+    """`model` captured by torch.export (strict, dynamic batch) for inputs shaped like `images`, holding its weights.
+
+    Capturing takes ~0.3 s warm and yields the same graph for every model of one architecture (strict export
+    refuses control flow on tensor values), so a process captures each architecture once and hands out copies
+    with the model's own weights loaded (~4 ms).
+    """
+    key = (type(model).__module__, type(model).__qualname__, repr(model), tuple(images.shape[1:]), images.device.type)
+    if key not in _EXPORTED:
+        example = torch.zeros(2, *images.shape[1:], device=images.device)  # batch ≥ 2: 0/1 get specialised
+        _EXPORTED[key] = torch.export.export(
+            model, (example,), dynamic_shapes=({0: Dim("batch")},), strict=True
+        ).module()
+        while len(_EXPORTED) > EXPORTS_KEPT:
+            _EXPORTED.popitem(last=False)
+    _EXPORTED.move_to_end(key)
+    graph, state = copy.deepcopy(_EXPORTED[key]), model.state_dict()
+    graph.load_state_dict({name: state[name] for name in graph.state_dict()})  # eval graphs skip BN's counters
+    return graph
 
 
 class Int8Model(nn.Module):
@@ -76,15 +105,20 @@ class Int8Model(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.graph_module(x)
 
-    def inference_forward(self, batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """On an x86 CPU, this graph compiled by inductor (with freezing) into oneDNN int8 kernels, for batches
-        no larger than `batch` (smaller ones are zero-padded to its shape: one compile per model); elsewhere,
-        or if compiling fails (no C++ compiler, an inductor error), the eager quantize/dequantize graph.
+    def inference_forward(self, batch: torch.Tensor, images: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """On an x86 CPU, when the eager graph would take more than `COMPILE_PAYS_S` over `images` images
+        (projected from one timed batch), this graph compiled by inductor (with freezing) into oneDNN int8
+        kernels, for batches no larger than `batch` (smaller ones are zero-padded to its shape: one compile per
+        model); otherwise, or if compiling fails (no C++ compiler, an inductor error), the eager graph.
 
         Same weights, activation scales and zero points, integer accumulation: the logits differ from the
         eager graph's only by where the requantization rounds (tests/test_quant.py: same predictions).
         """
         if batch.device.type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+            return self
+        started = time.perf_counter()
+        self(batch)
+        if (time.perf_counter() - started) * images / len(batch) < COMPILE_PAYS_S:
             return self
         compiled = torch.compile(self.graph_module, dynamic=False)
         padded = torch.zeros_like(batch)

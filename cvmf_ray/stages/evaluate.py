@@ -4,7 +4,7 @@ accuracy, and the membership-inference metrics of `cvmf_ray.privacy`.
 Every distinct image is inferred once (all train images, all test images); the five splits are masks over
 those logits (`test` = `forget_test` ∪ `retain_test`). Inference runs the way scripts/bench_eval.py
 measured fastest on CPU: channels_last, batches of 64 (activations stay in cache), `inference_mode`, and
-the mode's own faster forward where it has one (int8: compiled x86 int8 kernels).
+the mode's own faster forward where it has one (int8: compiled x86 int8 kernels where compiling pays).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def predict(model: nn.Module, x: torch.Tensor, mean, std, device="cpu", batch_si
     model.to(memory_format=torch.channels_last)
     try:
         with torch.inference_mode():
-            forward = inference_forward(model, batch(0))
+            forward = inference_forward(model, batch(0), len(x))
             outputs = [forward(batch(i)).float() for i in range(0, len(x), batch_size)]
     finally:
         model.to(memory_format=torch.contiguous_format)
