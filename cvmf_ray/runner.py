@@ -47,6 +47,10 @@ TARGET_BATCH_S = 20.0  # a cheap batch holds about this much estimated work
 FIRST_BATCH = 8  # cheap cells per batch until their duration has been measured
 PROCESS_MEMORY = 1 << 30  # what one trial process (torch, a dataset, a model) needs at least: caps concurrency
 CACHE_SHARE = 0.5  # of a node's object store that its artifact cache may hold
+# A cell that never raised, but whose trial Tune gave up on, gets this many new trials: its processes died.
+# Tune can spend its retries on one death: it hands the next trial to a reused process that died while idle,
+# then the retry to the same dead process (tests/test_faults.py).
+RERUNS_AFTER_DEATH = 1
 EXPERIMENT = "dag"  # Tune's experiment name under RUN_DIR/tune
 
 Log = Callable[[str], None]
@@ -236,6 +240,7 @@ class DagSearcher(Searcher):
         self.rows: dict[str, dict] = {}  # evaluate key -> own columns, reported this invocation
         self.comparisons: dict[str, dict] = {}  # compare key -> its output, reported this invocation
         self.cheap_seconds = (0.0, 0)  # summed seconds and count of finished cheap cells
+        self.reruns: Counter = Counter()  # cell -> new trials it got after Tune gave up on its trial
 
     def __getstate__(self) -> dict:
         """Tune pickles its configuration into tuner.pkl for `Tuner.restore`, which cvmf-ray never calls
@@ -326,13 +331,18 @@ class DagSearcher(Searcher):
         for key in self.live.pop(trial_id, []):
             if self.scheduler.state[key] != RUNNING:
                 continue
-            if error:
+            cell = self.scheduler.grid.cells[key]
+            if not error:  # the trial was stopped before it got to this cell
+                self.scheduler.requeue(key)
+            elif key not in self.retry_errors and self.reruns[key] < RERUNS_AFTER_DEATH:
+                self.reruns[key] += 1
+                self.progress.note(f"warning: {cell.describe()}: its trial's process died; running it in a new trial")
+                self.scheduler.requeue(key)
+            else:
                 reason = self.retry_errors.get(key, "its trial failed for good (Ray Tune's log under tune/ has why)")
                 self.store.save_failure(key, reason)
                 self.scheduler.mark_failed(key, reason)
-                self.progress.cell_failed(self.scheduler.grid.cells[key], reason)
-            else:  # the trial was stopped before it got to this cell
-                self.scheduler.requeue(key)
+                self.progress.cell_failed(cell, reason)
 
 
 class RunControl(tune.Stopper, tune.Callback):

@@ -96,13 +96,13 @@ def one_run(extra: list[str]) -> dict:
 
 
 def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} s (range {min(values):.1f}-{max(values):.1f})"
+    return f"{statistics.median_low(values):.1f} s (range {min(values):.1f}-{max(values):.1f})"
 
 
 def main() -> None:
     extra = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
     ours = sys.argv[: len(sys.argv) - len(extra)]
-    repeat = int(ours[ours.index("--repeat") + 1]) if "--repeat" in ours else 5
+    repeat = max(1, int(ours[ours.index("--repeat") + 1])) if "--repeat" in ours else 5
     load = os.getloadavg()[0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"load average at start {load:.1f}")  # fmt: skip
@@ -113,7 +113,7 @@ def main() -> None:
         print(f"run {i + 1}: wall {r['wall']:.1f} s, inside stage functions {r['stage_time']:.1f} s, "
               f"Ray's floor ({r['trials']} trials) {r['floor']:.1f} s, overhead above it {r['overhead']:.1f} s",
               flush=True)  # fmt: skip
-    median = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+    median = sorted(runs, key=lambda r: r["wall"])[(len(runs) - 1) // 2]  # as statistics.median_low
     print(f"command: cvmf-ray {' '.join(median['command'][1:])}")
     print(f"the median run of {len(runs)}, per stage:")
     for stage, spans in median["intervals"].items():

@@ -57,20 +57,22 @@ def test_a_trial_killed_mid_training_is_retried_by_tune_from_the_last_epoch(long
     assert comparable(run / "results.parquet") == comparable(long_training_reference / "results.parquet")
 
 
-def test_a_trial_killed_while_evaluating_is_retried_and_its_cells_rerun(default_run, tmp_path):
+def test_a_trial_process_killed_after_an_evaluation_is_replaced_and_its_cells_rerun(default_run, tmp_path):
     run = tmp_path / "default"
     driver = start_driver("grid", "--results-dir", tmp_path, *FAST, log=tmp_path / "driver.log")
-    wait_for(lambda: sum(m["stage"] == "evaluate" for m in metas(run).values()) >= 3, driver, "evaluations")
-    before = {m["placement"]["pid"] for m in metas(run).values()}
-    victims = session_processes(driver, "ray::ImplicitFunc")
-    assert victims
-    subprocess.run(["kill", "-9", victims[0]], check=True)
+    # the first evaluation comes early (most wait for unlearning and quantization): the process that ran it
+    # is killed with 19 evaluations of the grid still to run
+    wait_for(lambda: any(m["stage"] == "evaluate" for m in metas(run).values()), driver, "an evaluation")
+    last = max((m for m in metas(run).values() if m["stage"] == "evaluate"), key=lambda m: m["interval"][1])
+    evaluator = str(last["placement"]["pid"])
+    assert evaluator in session_processes(driver, "ray::ImplicitFunc")
+    subprocess.run(["kill", "-9", evaluator], check=True)
     try:
         assert driver.wait(timeout=300) == 0
     finally:
         kill_session(driver)
-    evaluated_by = {m["placement"]["pid"] for m in metas(run).values() if m["stage"] == "evaluate"}
-    assert evaluated_by - before  # Tune retried the killed trial in a new process
+    # the kill was seen (Tune records the death) and recovered from: exit 0 above, the reference table below
+    assert any("actor died" in error.read_text() for error in (run / "tune").rglob("error.txt"))
     assert comparable(run / "results.parquet") == comparable(default_run / "results.parquet")
 
 

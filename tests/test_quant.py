@@ -16,7 +16,7 @@ from cvmf_ray.datasets.digits import TRAIN_RECIPE as DIGITS_RECIPE
 from cvmf_ray.errors import CellError
 from cvmf_ray.forget import ForgetSpec
 from cvmf_ray.models import create_model
-from cvmf_ray.quant import QUANT_MODES, inference_forward
+from cvmf_ray.quant import QUANT_MODES, inference_forward, int8
 from cvmf_ray.quant import _layers as layers
 from cvmf_ray.quant._layers import QuantizedLayer, aligned, pack_int4, unpack_int4
 from cvmf_ray.quant.float import RoundToFp16
@@ -94,14 +94,20 @@ def test_mode_is_faithful_and_round_trips_through_safetensors(mode, trained, dig
         assert not torch.equal(logits, fp32_logits), "a quantized mode returned the fp32 model"
 
 
-def test_int8_captures_an_architecture_once_and_every_model_keeps_its_own_values(trained, digits, calibration):
-    """Quantize and restore copy a graph torch.export captured once per architecture: each model's own weights
-    and scales go into its copy."""
+def test_int8_captures_an_architecture_once_and_every_model_keeps_its_own_values(
+    trained, digits, calibration, monkeypatch
+):
+    """Quantize and restore copy a graph torch.export captured once per architecture: each model's own weights,
+    BatchNorm statistics and scales go into its copy."""
     arch, model, _ = trained
     shrunk = copy.deepcopy(model)
     with torch.no_grad():
-        for parameter in shrunk.parameters():
-            parameter.mul_(0.7)
+        for tensor in [*shrunk.parameters(), *(m.running_mean for m in shrunk.modules() if hasattr(m, "running_mean"))]:
+            tensor.mul_(0.7)
+    captures = []
+    export = torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: captures.append(1) or export(*a, **k))
+    int8._EXPORTED.clear()
     impl, restored_logits = QUANT_MODES.get("int8"), []
     for source in (model, shrunk, model):
         qmodel, _ = quantize(source, "int8", calibration)
@@ -109,8 +115,36 @@ def test_int8_captures_an_architecture_once_and_every_model_keeps_its_own_values
         restored = impl.restore(create_model(arch, 1, 10).eval(), state)
         restored_logits.append(predict(restored, digits.test_x, digits.mean, digits.std))
         assert torch.equal(restored_logits[-1], predict(qmodel, digits.test_x, digits.mean, digits.std))
+    assert len(captures) == 1  # three quantizations and three restores
     assert torch.equal(restored_logits[0], restored_logits[2])
     assert not torch.equal(restored_logits[0], restored_logits[1])
+
+
+def test_int8_captures_afresh_a_model_whose_forward_the_cached_graph_does_not_compute(calibration):
+    """Same class and repr, other behaviour: a plain attribute the forward branches on (the cached copy computes
+    something else), a tensor outside the state_dict (the copy cannot hold it). Each model gets its own graph."""
+
+    class Plugin(nn.Module):
+        def __init__(self, negate: bool = False, offset: float | None = None):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(1, 16, 3), nn.Linear(16, 10)
+            self.negate, self.offset = negate, None if offset is None else torch.tensor(offset)
+
+        def forward(self, x):
+            x = self.conv(x if self.offset is None else x - self.offset)
+            return self.head((-x if self.negate else x).relu().mean((2, 3)))
+
+    torch.manual_seed(0)
+    first = Plugin().eval()
+    int8._EXPORTED.clear()
+    qfirst, _ = quantize(first, "int8", calibration)  # captured and cached
+    for other in (Plugin(negate=True), Plugin(offset=3.0)):
+        other.load_state_dict(first.state_dict())
+        qother, _ = quantize(other.eval(), "int8", calibration)
+        with torch.no_grad():
+            expected = other(calibration)
+            assert torch.allclose(qother(calibration), expected, atol=0.1 * expected.abs().max())
+            assert not torch.allclose(qother(calibration), qfirst(calibration), atol=0.1 * expected.abs().max())
 
 
 def test_calibration_is_normalised_and_the_unquantized_pipeline_is_the_identity(trained, digits, calibration):
@@ -330,7 +364,7 @@ def test_int8_compiled_forward_makes_the_eager_graphs_predictions(digits, calibr
     qmodel, _ = quantize(model, "int8", calibration)
     x = normalize(digits.test_x, digits.mean, digits.std).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        # 450 images run eagerly in a fraction of a second, where compiling takes seconds; 10^8 would not
+        # 450 images of 8x8 run eagerly in a fraction of a second, where compiling takes seconds; 10^8 do not
         assert inference_forward(qmodel, x[:64], len(x)) is qmodel
         forward = inference_forward(qmodel, x[:64], 10**8)
         assert forward is not qmodel, "int8 did not compile on this x86 CPU"

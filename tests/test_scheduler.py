@@ -1,6 +1,7 @@
 """The DAG scheduler on real grids, without Ray: what becomes ready when, in which order, and what a failure
 or a damaged parent does to the cells that read it."""
 
+from collections import Counter
 from types import SimpleNamespace
 
 from cvmf_ray.config import load_config
@@ -123,3 +124,27 @@ def test_a_comparison_that_missed_a_seed_runs_again_once_that_seed_has_finished(
     comparisons[finetune.key] = covering(finetune, (0,))  # it ran while seed 1's evaluation had failed
     assert not _stale_comparisons(grid, done - {finetune.inputs["model:1"]}, dict(comparisons))  # still failed
     assert _stale_comparisons(grid, done, comparisons) == {finetune.key} and finetune.key not in comparisons
+
+
+def test_a_cell_whose_trial_tune_gave_up_on_runs_once_more_unless_it_raised():
+    scheduler = Scheduler(grid_of(), set())
+    notes, failures = [], {}
+    searcher = SimpleNamespace(
+        scheduler=scheduler, live={}, started=set(), retry_errors={}, reruns=Counter(),
+        progress=SimpleNamespace(note=notes.append, cell_failed=lambda cell, reason: None),
+        store=SimpleNamespace(save_failure=failures.__setitem__),
+    )  # fmt: skip
+
+    def tune_gives_up(cell) -> None:
+        assert keys(scheduler.next_batch(max_cells=1)) == [cell.key]
+        searcher.live["trial"] = [cell.key]
+        DagSearcher.on_trial_complete(searcher, "trial", error=True)
+
+    original, retrain = scheduler.grid.stage("train")
+    tune_gives_up(original)  # its processes died: it never raised
+    assert scheduler.state[original.key] == READY and not failures and "process died" in notes[0]
+    tune_gives_up(original)  # and died again in its new trial: now it fails
+    assert scheduler.state[original.key] == FAILED and "failed for good" in failures[original.key]
+    searcher.retry_errors[retrain.key] = "ValueError: boom"  # it raised: no new trial
+    tune_gives_up(retrain)
+    assert scheduler.state[retrain.key] == FAILED and failures[retrain.key] == "ValueError: boom"
