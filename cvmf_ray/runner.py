@@ -34,13 +34,14 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
+from cvmf_ray.cache import CACHE_NAME, ArtifactCache
 from cvmf_ray.config import GridConfig
 from cvmf_ray.errors import Interrupted, UsageError
 from cvmf_ray.grid import Grid
 from cvmf_ray.progress import Progress
 from cvmf_ray.scheduler import RUNNING, Scheduler, is_solo
 from cvmf_ray.store import RunStore
-from cvmf_ray.trial import CACHE_NAME, RESULT_KEY, ArtifactCache, RunSettings, cell_trial
+from cvmf_ray.trial import RESULT_KEY, RunSettings, cell_trial
 
 JOIN_TIMEOUT_S = 25  # joining --address gives up after this (a Ray driver otherwise retries for minutes)
 TARGET_BATCH_S = 20.0  # a cheap batch holds about this much estimated work

@@ -5,10 +5,11 @@ torch, dataset and model imports in it) warm from one trial to the next; Tune's 
 training cell saves its epoch checkpoints under `checkpoints/KEY/` in the run directory, so whichever trial
 runs it next (a Tune retry, or a later invocation after a crash) resumes from its last readable epoch.
 
-A finished artifact goes to storage (the durable truth) and into this node's `ArtifactCache`, a long-lived actor
-that owns it in the object store: readers on any node fetch it from there without touching storage, the driver
-never sees the bytes, and the artifact outlives the trial that made it. Each finished cell is reported to the
-driver's searcher (coalesced into one `tune.report` per `REPORT_EVERY_S`), which hands out its readers at once.
+A finished artifact goes to storage (the durable truth) and into this node's `ArtifactCache` (cvmf_ray/cache.py),
+a long-lived actor that owns it in the object store: readers on any node fetch it from there without touching
+storage, the driver never sees the bytes, and the artifact outlives the trial that made it. Each finished cell is
+reported to the driver's searcher (coalesced into one `tune.report` per `REPORT_EVERY_S`), which hands out its
+readers at once.
 
 This module imports only Ray at the top: heavy imports happen inside the functions that need them.
 """
@@ -29,8 +30,9 @@ from dataclasses import dataclass
 import ray
 from ray import tune
 
+from cvmf_ray.cache import CACHE_NAME
+
 REPORT_EVERY_S = 0.25  # coalesce cell reports: each tune.report is a round trip to the driver
-CACHE_NAME = "cvmf-ray-cache-{node}"
 RESULT_KEY = "cvmf"  # the one metric a trial reports: a JSON list of events
 
 
@@ -167,42 +169,6 @@ def training_hooks(key: str, store, reporter) -> dict:
 
 
 # ---------------------------------------------------------------- inputs and the node-local cache
-
-
-@ray.remote(num_cpus=0, max_restarts=-1)
-class ArtifactCache:
-    """This node's recently finished artifacts, owned in its object store by this long-lived process.
-
-    A trial's own `ray.put` would die with the trial; this actor lives as long as the driver. It keeps at
-    most `budget` bytes, evicting the least recently used, and drops what the driver says nobody reads again.
-    """
-
-    def __init__(self, budget: int) -> None:
-        self.budget, self.used = budget, 0
-        self.entries: OrderedDict[str, tuple] = OrderedDict()  # key -> (ObjectRef of (meta, bytes), size)
-
-    def hold(self, key: str, meta: dict, blob: bytes) -> bool:
-        if len(blob) > self.budget:
-            return False
-        self.release([key])
-        self.entries[key] = (ray.put((meta, blob)), len(blob))
-        self.used += len(blob)
-        while self.used > self.budget:
-            self.used -= self.entries.popitem(last=False)[1][1]
-        return True
-
-    def lookup(self, key: str) -> list | None:
-        """[the ObjectRef] (in a list, so Ray hands over the ref instead of resolving it), or None."""
-        if key not in self.entries:
-            return None
-        self.entries.move_to_end(key)
-        return [self.entries[key][0]]
-
-    def release(self, keys: list[str]) -> None:
-        for key in keys:
-            entry = self.entries.pop(key, None)
-            if entry is not None:
-                self.used -= entry[1]
 
 
 def _publish(key: str, meta: dict, blob: bytes, node: str) -> None:
