@@ -19,7 +19,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cvmf_ray.errors import UsageError
-from cvmf_ray.evidence.relearn import RelearnParams
 
 MAX_SEED = 2**32 - 1  # numpy's RandomState, and so sklearn's random_state, takes 0..2**32-1
 MAX_COUNT = 2**31 - 1  # epochs, batch sizes, image counts: int32, which every torch size and derived seed fits
@@ -61,6 +60,37 @@ class TrainRecipe(BaseModel):
     checkpoint_every: Count = 1  # epochs between resumable checkpoints
     compile: bool = False  # torch.compile the model (pays off on CUDA for runs of many epochs)
     bf16: bool = False  # bf16 autocast where computed natively (CUDA, AVX512-BF16/AMX CPUs); weights stay fp32
+
+
+class RelearnParams(BaseModel):
+    """How relearning is run; a pydantic model so a config section can embed and validate it.
+
+    Defaults, chosen on digits/small_cnn (forget class 0: 133 training images) and bounded on Fashion-MNIST
+    (`scripts/bench_evidence.py` measures both):
+    - 32 forget images, fixed by `seed`, one full-batch step each time (deterministic: no batch order):
+      few enough to be a realistic relearning attack, enough for a gradient that is not one image's.
+    - plain SGD, lr 0.001, momentum 0.9: a tenth of the unlearning methods' own fine-tuning rate. At 0.01
+      every unlearnt model on digits relearns in one step and only retrain takes longer; at 0.001 they
+      spread out (1 to ~10 steps) below retrain's ~30, so the count can rank methods.
+    - threshold 0.5 on held-out forget accuracy: the class is predicted for most of its images again,
+      far above the 0.1 chance of 10 classes and far above a retrained model's ~0.
+    - accuracy checked after every step (exact counts) on at most 128 held-out images (a resolution of
+      <1%; a check, forward only, costs about one step); at most 100 steps.
+    - BatchNorm in eval mode: its running statistics stay the model's own. Training-mode BatchNorm on a
+      batch of one class would normalise with that class's statistics, changing the model's function
+      on the check itself, and the count would measure statistics adapting, not knowledge returning.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subset_size: int = Field(32, ge=1)  # forget images fine-tuned on
+    eval_size: int = Field(128, ge=1)  # held-out forget images the accuracy is checked on (at most)
+    lr: float = Field(0.001, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    threshold: float = Field(0.5, gt=0, le=1)  # held-out forget accuracy that counts as relearnt
+    max_steps: int = Field(100, ge=1)  # null steps when the threshold is not reached by then
+    check_every: int = Field(1, ge=1)  # steps between accuracy checks
+    seed: int = 0
 
 
 LISTS = ("models", "datasets", "methods", "quant", "forget_classes", "forget_fractions", "seeds")
@@ -301,12 +331,12 @@ def _check(config: GridConfig) -> None:
 
 def _check_local_resources(config: GridConfig) -> None:
     """A local Ray instance cannot have more GPUs or CPUs than this machine (each CPU is a trial process)."""
-    import os
+    if config.gpus:
+        import torch  # only here: the driver otherwise never imports torch
 
-    import torch
-
-    if config.gpus and config.gpus > torch.cuda.device_count():
-        raise UsageError(f"--gpus {config.gpus} asks for more GPUs than this machine has ({torch.cuda.device_count()})")
+        have = torch.cuda.device_count()
+        if config.gpus > have:
+            raise UsageError(f"--gpus {config.gpus} asks for more GPUs than this machine has ({have})")
     if config.cpus and config.cpus > (os.cpu_count() or 1):
         raise UsageError(f"--cpus {config.cpus} asks for more CPUs than this machine has ({os.cpu_count()})")
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 
 from cvmf_ray.datasets import ImageData
 from cvmf_ray.errors import CellError
+from cvmf_ray.lazy import torch
 
 
 @dataclass(frozen=True)

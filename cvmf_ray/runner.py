@@ -140,12 +140,9 @@ def connect(config: GridConfig, verbose: bool) -> Plan:
     common = {"logging_level": logging.ERROR, "log_to_driver": verbose, "namespace": f"cvmf-ray-{os.getpid()}"}
     if config.address:
         ray.init(address=config.address, **common)
-    else:
-        import torch
-
-        cpus = config.cpus or os.cpu_count()
-        ray.init(address="local", num_cpus=cpus, num_gpus=torch.cuda.device_count() if config.gpus is None else
-                 config.gpus, include_dashboard=config.dashboard, dashboard_host="127.0.0.1", **common)  # fmt: skip
+    else:  # num_gpus None: Ray counts the visible GPUs itself (NVML, CUDA_VISIBLE_DEVICES), without torch
+        ray.init(address="local", num_cpus=config.cpus or os.cpu_count(), num_gpus=config.gpus,
+                 include_dashboard=config.dashboard, dashboard_host="127.0.0.1", **common)  # fmt: skip
     try:
         return plan_resources(config)
     except UsageError:

@@ -2,6 +2,7 @@
 at the CLI boundary (no Ray needed)."""
 
 import dataclasses
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -275,6 +276,33 @@ def test_dry_run_prints_every_cell_and_runs_nothing(cli, tmp_path):
         len([line for line in out.splitlines() if line.startswith(("train", "unlearn", "quantize", "evaluate"))]) == 79
     )
     assert not any(tmp_path.iterdir())
+
+
+def test_the_driver_validates_and_expands_a_grid_of_every_entry_without_importing_torch():
+    """The driver reads every registry (names, parameter dataclasses, dataset facts, weight bits) before Ray
+    starts; torch is only imported where tensors are made, in trials (cvmf_ray/lazy.py says why)."""
+    script = textwrap.dedent("""
+        import sys
+        from cvmf_ray import driver
+        from cvmf_ray.cli import main
+        from cvmf_ray.config import load_config
+        from cvmf_ray.grid import expand_grid
+        from cvmf_ray.methods import METHODS
+        from cvmf_ray.models import MODELS
+        from cvmf_ray.quant import QUANT_MODES
+        from cvmf_ray.results import identity
+
+        every = {"models": MODELS.names(), "methods": METHODS.names(), "quant": QUANT_MODES.names(),
+                 "datasets": ["digits", "fashionmnist", "cifar100"]}
+        grid = expand_grid(load_config(None, **{k: ",".join(v) for k, v in every.items()}))
+        rows = [identity(cell) for cell in grid.stage("evaluate")]
+        assert {row["weight_bits"] for row in rows} == {4, 8, 16, 32}
+        print(len(grid.cells), sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    cells, imported = run.stdout.split(" ", 1)
+    assert int(cells) > 1000 and imported.strip() == "[]"
 
 
 def test_list_names_the_registries(cli):

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cvmf_ray.datasets.files import DataFile, FileState, inspect
 from cvmf_ray.errors import UsageError
+from cvmf_ray.lazy import torch
 from cvmf_ray.registry import Registry
 
 

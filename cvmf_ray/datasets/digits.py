@@ -8,12 +8,14 @@ class need their own: `TRAIN_RECIPE` and `METHOD_DEFAULTS` below (each method's 
 deviates), which the grid applies to `digits` only.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cvmf_ray.datasets import DatasetSpec, register_dataset
+from cvmf_ray.lazy import torch
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.25

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cvmf_ray.datasets import DatasetSpec, register_dataset
 from cvmf_ray.datasets.files import DataFile, idx, md5, md5sum, unpacked_from
 from cvmf_ray.errors import UsageError
+from cvmf_ray.lazy import torch
 
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation: behind a silent firewall `check` fails instead of hanging
 

@@ -23,42 +23,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from cvmf_ray.config import RelearnParams
 from cvmf_ray.data import normalize
 from cvmf_ray.quant._layers import QUANTIZABLE
-
-
-class RelearnParams(BaseModel):
-    """How relearning is run; a pydantic model so a config section can embed and validate it.
-
-    Defaults, chosen on digits/small_cnn (forget class 0: 133 training images) and bounded on Fashion-MNIST
-    (`scripts/bench_evidence.py` measures both):
-    - 32 forget images, fixed by `seed`, one full-batch step each time (deterministic: no batch order):
-      few enough to be a realistic relearning attack, enough for a gradient that is not one image's.
-    - plain SGD, lr 0.001, momentum 0.9: a tenth of the unlearning methods' own fine-tuning rate. At 0.01
-      every unlearnt model on digits relearns in one step and only retrain takes longer; at 0.001 they
-      spread out (1 to ~10 steps) below retrain's ~30, so the count can rank methods.
-    - threshold 0.5 on held-out forget accuracy: the class is predicted for most of its images again,
-      far above the 0.1 chance of 10 classes and far above a retrained model's ~0.
-    - accuracy checked after every step (exact counts) on at most 128 held-out images (a resolution of
-      <1%; a check, forward only, costs about one step); at most 100 steps.
-    - BatchNorm in eval mode: its running statistics stay the model's own. Training-mode BatchNorm on a
-      batch of one class would normalise with that class's statistics, changing the model's function
-      on the check itself, and the count would measure statistics adapting, not knowledge returning.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    subset_size: int = Field(32, ge=1)  # forget images fine-tuned on
-    eval_size: int = Field(128, ge=1)  # held-out forget images the accuracy is checked on (at most)
-    lr: float = Field(0.001, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    threshold: float = Field(0.5, gt=0, le=1)  # held-out forget accuracy that counts as relearnt
-    max_steps: int = Field(100, ge=1)  # null steps when the threshold is not reached by then
-    check_every: int = Field(1, ge=1)  # steps between accuracy checks
-    seed: int = 0
 
 
 def relearn(

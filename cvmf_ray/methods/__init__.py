@@ -38,16 +38,18 @@ import pkgutil
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
-from torch import nn
 
 from cvmf_ray.config import INT64
-from cvmf_ray.data import Augment, DeviceLoader
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.errors import UsageError
+from cvmf_ray.lazy import nn
 from cvmf_ray.registry import Registry, load_plugin
+
+if TYPE_CHECKING:  # the data path imports torch: the driver reads this module
+    from cvmf_ray.data import Augment, DeviceLoader
 
 
 @dataclass
@@ -67,6 +69,8 @@ class UnlearnData:
 
     def loader(self, which: str, batch_size: int, augment: bool = True) -> DeviceLoader:
         """Batches of the `forget` or `retain` set, augmented like training unless `augment=False`."""
+        from cvmf_ray.data import Augment, DeviceLoader  # the data path imports torch: trials only
+
         if which not in ("forget", "retain"):
             raise ValueError(f"loader() takes 'forget' or 'retain', not {which!r}")
         x, y = (self.forget_x, self.forget_y) if which == "forget" else (self.retain_x, self.retain_y)

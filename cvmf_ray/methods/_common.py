@@ -5,15 +5,15 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING
 
 # Hyperparameter types, the config's own: `Method.resolve_params` turns an out-of-range value into a UsageError.
 from cvmf_ray.config import Count, Finite, Fraction, Index, Positive  # noqa: F401 (re-exported to the methods)
-from cvmf_ray.data import DeviceLoader
 from cvmf_ray.errors import CellError
+from cvmf_ray.lazy import F, nn, torch
+
+if TYPE_CHECKING:  # the data path imports torch: the driver reads this module
+    from cvmf_ray.data import DeviceLoader
 
 
 def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4):
@@ -70,6 +70,8 @@ class ForgetRetainMix:
     """
 
     def __init__(self, data, retain_x: torch.Tensor, retain_y: torch.Tensor, batch_size: int) -> None:
+        from cvmf_ray.data import DeviceLoader  # the data path imports torch: trials only
+
         self.n_forget, self.retain_y = len(data.forget_x), retain_y
         x = torch.cat([data.forget_x, retain_x])
         index = torch.arange(len(x), device=retain_y.device)

@@ -14,12 +14,11 @@ shadow class do the work but costs retain accuracy (lr 3e-3: 88% retain-train on
 no more (10-14%), so the published value stays.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
+from cvmf_ray.lazy import F, nn, torch
 from cvmf_ray.methods import UnlearnData, register_method
 from cvmf_ray.methods._common import Count, Positive, epoch_seed, sgd, step
 

@@ -16,11 +16,11 @@ statistics move. With both, forget-train accuracy ≤ 1.5% and retain-train ≥ 
 seeds; at bound 0.2 and lr 1e-3 forget-train accuracy ranged 1-35%.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
+from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
 from cvmf_ray.methods._common import Count, Positive, epoch_seed, frozen_copy, sgd, step
 

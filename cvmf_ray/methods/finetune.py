@@ -10,12 +10,12 @@ On `digits`: batch 16 (cvmf_ray/datasets/digits.py). Forgetting by fine-tuning n
 accuracy at 100%, while batch 16 (76 steps per epoch) forgets the class completely.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
+from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
 from cvmf_ray.methods._common import Count, Positive, cosine, epoch_seed, sgd, step
 

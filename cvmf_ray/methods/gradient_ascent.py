@@ -10,10 +10,11 @@ epoch at 256. There (seeds 0-3) forget-train accuracy ends at 3-8% and retain-tr
 retain term, GA pays in utility.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
+from cvmf_ray.lazy import F
 from cvmf_ray.methods import UnlearnData, register_method
 from cvmf_ray.methods._common import Count, Positive, epoch_seed, sgd, step
 

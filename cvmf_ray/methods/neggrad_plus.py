@@ -14,10 +14,11 @@ setting; with ~20 steps per epoch there, α 0.97-0.99 leaves 30-80% of the forge
 3 points of retain accuracy.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
+from cvmf_ray.lazy import F
 from cvmf_ray.methods import UnlearnData, register_method
 from cvmf_ray.methods._common import Count, Fraction, Positive, cycled, epoch_seed, sgd, step
 

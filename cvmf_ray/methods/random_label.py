@@ -10,11 +10,11 @@ On `digits`: lr 0.01 (OPTML's `unlearn_lr` default; cvmf_ray/datasets/digits.py)
 steps at batch 64 (CIFAR: ~780), and at 1e-3 forget-train accuracy stays around 60%.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
+from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
 from cvmf_ray.methods._common import Count, ForgetRetainMix, Positive, epoch_seed, sgd, step, wrong_labels
 

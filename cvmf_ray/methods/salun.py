@@ -15,11 +15,11 @@ On `digits` (cvmf_ray/datasets/digits.py): 3 epochs, lr 0.01, batch 64, as `rand
 published values are too few steps there (as for RL).
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
+from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
 from cvmf_ray.methods._common import Count, Fraction, Positive
 from cvmf_ray.methods.random_label import train_relabelled
@@ -33,26 +33,32 @@ class SalUnParams:
     mask_ratio: Fraction = 0.5  # fraction of all weights allowed to move, the most salient first
 
 
-class MaskedSGD(torch.optim.SGD):
-    """SGD (momentum 0.9, wd 5e-4) that moves only weights where `mask` is 1; the rest stay at their start."""
+def masked_sgd(params: list[torch.nn.Parameter], masks: list[torch.Tensor], lr: float) -> torch.optim.SGD:
+    """SGD (momentum 0.9, wd 5e-4) that moves only weights where `mask` is 1; the rest stay at their start.
 
-    def __init__(self, params: list[torch.nn.Parameter], masks: list[torch.Tensor], lr: float):
-        super().__init__(params, lr=lr, momentum=0.9, weight_decay=5e-4)
-        self.masks, self.keep = masks, [mask.bool() for mask in masks]
-        self.start = [p.detach().clone() for p in params]
+    A plain SGD with two step hooks: before each step the gradients are masked, after it the masked-out weights
+    are put back (weight decay moved them too) and their momentum is zeroed.
+    """
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    keep, start = [mask.bool() for mask in masks], [p.detach().clone() for p in params]
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        params = self.param_groups[0]["params"]
-        for p, mask in zip(params, self.masks, strict=True):
-            if p.grad is not None:
-                p.grad.mul_(mask)
-        super().step()
-        for p, mask, keep, start in zip(params, self.masks, self.keep, self.start, strict=True):
-            p.copy_(torch.where(keep, p, start))  # weight decay moved the masked weights too
-            buffer = self.state[p].get("momentum_buffer")
-            if buffer is not None:
-                buffer.mul_(mask)
+    def mask_gradients(_optimizer, _args, _kwargs) -> None:
+        with torch.no_grad():
+            for p, mask in zip(params, masks, strict=True):
+                if p.grad is not None:
+                    p.grad.mul_(mask)
+
+    def restore_masked(_optimizer, _args, _kwargs) -> None:
+        with torch.no_grad():
+            for p, mask, kept, started in zip(params, masks, keep, start, strict=True):
+                p.copy_(torch.where(kept, p, started))
+                buffer = optimizer.state[p].get("momentum_buffer")
+                if buffer is not None:
+                    buffer.mul_(mask)
+
+    optimizer.register_step_pre_hook(mask_gradients)
+    optimizer.register_step_post_hook(restore_masked)
+    return optimizer
 
 
 def saliency_masks(model, data: UnlearnData, ratio: float, batch_size: int) -> list[torch.Tensor]:
@@ -75,5 +81,5 @@ def saliency_masks(model, data: UnlearnData, ratio: float, batch_size: int) -> l
 @register_method("salun", SalUnParams)
 def salun(model, data: UnlearnData, params: SalUnParams):
     masks = saliency_masks(model, data, params.mask_ratio, params.batch_size)
-    optimizer = MaskedSGD(list(model.parameters()), masks, params.lr)
+    optimizer = masked_sgd(list(model.parameters()), masks, params.lr)
     return train_relabelled(model, data, params, optimizer)

@@ -14,10 +14,11 @@ paper prescribes (max-steps early, then min-steps to repair): a max-pass in ever
 retain accuracy there, and the large-scale notebook's values leave 66% of the forget class.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
+from cvmf_ray.lazy import F
 from cvmf_ray.methods import UnlearnData, register_method
 from cvmf_ray.methods._common import Count, Finite, Index, Positive, distill_kl, epoch_seed, frozen_copy, sgd, step
 

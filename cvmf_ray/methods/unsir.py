@@ -16,13 +16,12 @@ On `digits` (cvmf_ray/datasets/digits.py): noise batch 32 and batch 32 (a class 
 Adam lr 0.005 / 0.0025, a quarter of the notebook's (which cost ~5 points of retain accuracy at batch 32).
 """
 
+from __future__ import annotations
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
-from cvmf_ray.data import normalize
+from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
 from cvmf_ray.methods._common import Count, Positive, epoch_seed, step
 
@@ -56,6 +55,8 @@ def error_maximising_noise(model, label: int, shape, params: UnsirParams, device
 
 def retain_subset(data: UnlearnData, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `per_class` retain images of every class, normalised."""
+    from cvmf_ray.data import normalize  # the data path imports torch: trials only
+
     keep = torch.cat([torch.nonzero(data.retain_y == c).flatten()[:per_class] for c in data.retain_y.unique()])
     return normalize(data.retain_x[keep], data.mean, data.std), data.retain_y[keep]
 

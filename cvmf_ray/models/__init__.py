@@ -5,11 +5,12 @@ images (8×8 to 32×32). Adding a model is one decorated function in a file of t
 your own named by dotted path (`--models mypkg.mymod:my_cnn`; importable on every Ray worker).
 """
 
+from __future__ import annotations
+
 import importlib
 import pkgutil
 
-from torch import nn
-
+from cvmf_ray.lazy import nn
 from cvmf_ray.registry import Registry
 
 MODELS: Registry = Registry("model", plugins=True)

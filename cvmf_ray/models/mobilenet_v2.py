@@ -4,8 +4,9 @@ ImageNet MobileNetV2 downsamples 32× (a 32×32 image ends at 1×1); here the st
 stride-2 block run at stride 1, so the network downsamples 8×, like the small-image ResNets.
 """
 
-from torch import nn
+from __future__ import annotations
 
+from cvmf_ray.lazy import nn
 from cvmf_ray.models import MODELS
 
 

@@ -4,8 +4,9 @@ The ImageNet stem (7×7 stride-2 conv + max-pool) shrinks a 32×32 image to 8×8
 the CIFAR convention replaces it by a 3×3 stride-1 conv and drops the max-pool.
 """
 
-from torch import nn
+from __future__ import annotations
 
+from cvmf_ray.lazy import nn
 from cvmf_ray.models import MODELS
 
 

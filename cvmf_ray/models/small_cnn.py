@@ -1,7 +1,8 @@
 """A three-block CNN: the cheap default, fast enough for full grids on a 2-core CPU."""
 
-from torch import nn
+from __future__ import annotations
 
+from cvmf_ray.lazy import nn
 from cvmf_ray.models import MODELS
 
 

@@ -20,9 +20,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 
-import torch
-from torch import nn
-
+from cvmf_ray.lazy import nn, torch
 from cvmf_ray.registry import Registry
 
 CALIBRATION_BATCH = 256  # images per calibration forward: bounds memory for large models and images
@@ -60,11 +58,11 @@ def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-@torch.no_grad()
 def run_calibration(model: nn.Module, calibration: torch.Tensor) -> None:
     """Forward the (already normalised) calibration images through `model` in eval mode, in batches."""
-    for batch in calibration.split(CALIBRATION_BATCH):
-        model(batch)
+    with torch.no_grad():
+        for batch in calibration.split(CALIBRATION_BATCH):
+            model(batch)
 
 
 def inference_forward(model: nn.Module, batch: torch.Tensor, images: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -81,4 +79,5 @@ def register_quant(mode: QuantMode) -> QuantMode:
 
 
 for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+    if not _module.name.startswith("_"):  # _layers (torch) and _grid are imported by the modes that use them
+        importlib.import_module(f"{__name__}.{_module.name}")

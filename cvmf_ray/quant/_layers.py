@@ -1,71 +1,38 @@
-"""Conv/linear layers that keep their weight on a low-precision grid, shared by the weight-only and fp8 modes.
+"""The torch modules the quant modes build; the mode modules themselves import no torch (the driver reads them).
 
-Each weight is stored as codes on the grid plus one fp32 scale per output channel (symmetric,
-`scale = amax / grid.qmax`) and decoded once, when the layer is built or loaded, into a non-persistent fp32
-buffer the forward reads (the same values decoding on every forward gave). With `quantize_inputs`, the
-layer's input is also cast onto the grid with one static, calibrated per-tensor scale. Everything else
-(BatchNorm, residual adds, pooling) stays fp32. Per-output-channel scales make BatchNorm folding
-unnecessary: folding multiplies each output channel by a constant, which its scale absorbs, so the codes
-come out the same.
+Grid layers (the weight-only and fp8 modes, `_grid.GridMode`): each weight is stored as codes on the grid plus
+one fp32 scale per output channel (symmetric, `scale = amax / grid.qmax`) and decoded once, when the layer is
+built or loaded, into a non-persistent fp32 buffer the forward reads (the same values decoding on every forward
+gave). With `quantize_inputs`, the layer's input is also cast onto the grid with one static, calibrated
+per-tensor scale. Everything else (BatchNorm, residual adds, pooling) stays fp32. Per-output-channel scales make
+BatchNorm folding unnecessary: folding multiplies each output channel by a constant, which its scale absorbs,
+so the codes come out the same.
+
+Also the fp16 emulation and bf16 wrapper (float.py) and the converted int8 graph's wrapper (int8.py).
 """
 
 from __future__ import annotations
 
+import logging
+import platform
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from cvmf_ray.errors import CellError
-from cvmf_ray.quant import QuantMode, run_calibration
+from cvmf_ray.errors import first_line
+from cvmf_ray.quant import run_calibration
+
+if TYPE_CHECKING:
+    from cvmf_ray.quant._grid import Grid
+
+log = logging.getLogger(__name__)
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 NO_LAYERS = "quantizes Conv2d and Linear layers, and this model has none"
-
-
-class IntGrid:
-    """Symmetric integers in [-qmax, qmax]; 4-bit codes are packed two per byte."""
-
-    def __init__(self, bits: int) -> None:
-        self.bits, self.qmax = bits, float(2 ** (bits - 1) - 1)
-
-    def encode(self, v: torch.Tensor) -> torch.Tensor:
-        codes = torch.round(v).clamp(-self.qmax, self.qmax).to(torch.int8)
-        return pack_int4(codes) if self.bits == 4 else codes
-
-    def decode(self, codes: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        values = unpack_int4(codes, shape.numel()) if self.bits == 4 else codes
-        return values.float().reshape(shape)
-
-
-class FloatGrid:
-    """A float8 format: saturating round-to-nearest-even casts, exactly what an fp8 kernel's inputs see."""
-
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype, self.qmax = dtype, float(torch.finfo(dtype).max)
-        self.bits = torch.finfo(dtype).bits
-
-    def encode(self, v: torch.Tensor) -> torch.Tensor:
-        return v.clamp(-self.qmax, self.qmax).to(self.dtype)  # clamp first: e4m3fn has no inf, overflow is NaN
-
-    def decode(self, codes: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        return codes.float().reshape(shape)
-
-
-Grid = IntGrid | FloatGrid
-
-
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """int8 values in [-8, 7] -> uint8, two per byte (low nibble first), padded to an even count."""
-    nibbles = (codes.flatten().to(torch.int16) + 8).to(torch.uint8)
-    nibbles = F.pad(nibbles, (0, nibbles.numel() % 2))
-    return nibbles[0::2] | (nibbles[1::2] << 4)
-
-
-def unpack_int4(packed: torch.Tensor, count: int) -> torch.Tensor:
-    nibbles = torch.stack([packed & 0xF, packed >> 4], dim=1).flatten()[:count]
-    return nibbles.to(torch.int8) - 8
 
 
 def encode_weight(weight: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,42 +128,112 @@ def input_amax(model: nn.Module, calibration: torch.Tensor) -> dict[str, float]:
     return amax
 
 
-class GridMode(QuantMode):
-    """A mode built on `QuantizedLayer`: every Conv2d/Linear (with `aligned_only`, every `aligned` one) gets
-    `grid` weights and, with `quantize_inputs`, grid inputs; the other layers stay fp32."""
+# ---------------------------------------------------------------- fp16 (float.py)
 
-    def __init__(self, name: str, grid: Grid, quantize_inputs: bool, aligned_only: bool = False) -> None:
-        self.name, self.grid, self.quantize_inputs, self.aligned_only = name, grid, quantize_inputs, aligned_only
-        self.weight_bits = grid.bits
+aten = torch.ops.aten
+# ops whose output is already an fp16 value when their inputs are: rounding them would only cost time
+VALUE_PRESERVING = {aten.relu, aten.relu_, aten.hardtanh, aten.hardtanh_, aten.max_pool2d, aten.max_pool2d_with_indices}
 
-    def quantize(self, model, calibration):
-        return self.build(model, input_amax(model, calibration) if self.quantize_inputs else None)
 
-    def restore(self, model, state):
-        qmodel = self.build(model)
-        qmodel.load_state_dict(state)
-        return qmodel
+def round_fp16_(t: torch.Tensor) -> torch.Tensor:
+    """Round an fp32 tensor to the nearest fp16 value (round to nearest even, saturating to ±inf) in place."""
+    return t.copy_(t.to(torch.float16))
 
-    def applies_to(self, weight: torch.Tensor) -> bool:
-        return aligned(weight) or not self.aligned_only
 
-    def quantize_weight(self, weight):
-        """The weight `QuantizedLayer` decodes for `weight` (the same functions); itself where the mode leaves
-        its layer fp32."""
-        if not self.applies_to(weight):
-            return weight.detach().float().clone()
-        return decode_weight(*encode_weight(weight, self.grid), weight.shape, self.grid)
+class RoundToFp16(TorchDispatchMode):
+    """Rounds every fp32 value an op computes to fp16, as an fp16 forward stores it: the output of an
+    out-of-place op, the mutated input of an in-place one (`out += identity`). Views compute nothing."""
 
-    def build(self, model: nn.Module, amax: dict[str, float] | None = None) -> nn.Module:
-        """Wrap the layers of `model` in place; `amax` (calibrated input ranges) sets the input scales."""
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        aliases = [r.alias_info for r in func._schema.returns]
+        if func.overloadpacket in VALUE_PRESERVING or any(a is not None and not a.is_write for a in aliases):
+            return out
+        for t in out if isinstance(out, tuple) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                round_fp16_(t)
+        return out
 
-        def wrap(name: str, layer: nn.Module) -> QuantizedLayer:
-            qlayer = QuantizedLayer(layer, self.grid, self.quantize_inputs)
-            if amax is not None:
-                qlayer.input_scale.fill_(max(amax.get(name, 0.0), 1e-12) / self.grid.qmax)
-            return qlayer
 
-        if not wrap_layers(model, wrap, lambda layer: self.applies_to(layer.weight)):
-            rule = " whose input and output channels are multiples of 16" if self.aligned_only else ""
-            raise CellError(f"{self.name} {NO_LAYERS}{rule}")
-        return model
+class Fp16Emulated(nn.Module):
+    """`model` with fp16-valued fp32 weights, run so that every activation is an fp16 value; fp32 logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.half().float()  # the fp16 weights, decoded once
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with RoundToFp16():
+            return self.model(x.to(torch.float16).float())
+
+
+class CastInputs(nn.Module):
+    """Runs `model` in `dtype` and hands fp32 logits back, so evaluation code never sees the dtype."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model.to(dtype), dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+# ---------------------------------------------------------------- int8 (int8.py)
+
+INPUT_SHAPE = "input_shape"  # Int8Model's buffer, and the int8 state's key, for the shape the graph was exported for
+# input values (images x pixels x channels) from which compiling pays: compiling takes 0.6-2 s, the eager graph
+# ~1.3 s per million values for small_cnn (more for larger models); digits' 1,797 images are 0.1 million,
+# Fashion-MNIST's 70,000 are 55 million. A fixed count, not a timing: the path (and its rounding) stays the
+# same for the same cell on the same kind of machine.
+COMPILE_FROM_VALUES = 1_000_000
+
+
+class Int8Model(nn.Module):
+    """The converted graph plus the input shape it was exported with; inference only.
+
+    `.eval()` is free and `.train()` refuses: the exported graph is specialised to eval mode, while
+    torchao's `allow_exported_model_train_eval` re-runs a pattern rewrite on every `.eval()` (~0.5 s).
+    """
+
+    def __init__(self, graph: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.graph_module = graph
+        self.register_buffer(INPUT_SHAPE, torch.tensor(input_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph_module(x)
+
+    def inference_forward(self, batch: torch.Tensor, images: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """On an x86 CPU, for `images` images of `batch`'s shape holding at least `COMPILE_FROM_VALUES` values, this
+        graph compiled by inductor (with freezing) into oneDNN int8 kernels, for batches no larger than `batch`
+        (smaller ones are zero-padded to its shape: one compile per model); otherwise, or if compiling fails (no
+        C++ compiler, an inductor error), the eager graph.
+
+        Same weights, activation scales and zero points, integer accumulation: the logits differ from the
+        eager graph's only by where the requantization rounds (tests/test_quant.py; on Fashion-MNIST's test set,
+        2 of 10,000 predictions differ, scripts/bench_quant.py).
+        """
+        x86 = platform.machine().lower() in ("x86_64", "amd64")
+        if batch.device.type != "cpu" or not x86 or images * batch[0].numel() < COMPILE_FROM_VALUES:
+            return self
+        compiled = torch.compile(self.graph_module, dynamic=False)
+        padded = torch.zeros_like(batch)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            padded[: len(x)] = x
+            # freezing turns the int8 weights into constants, which is what lets inductor pick oneDNN's
+            # qconv/qlinear (without it: fp32 convolutions); set for every call, in case one recompiles
+            with torch._inductor.config.patch(freezing=True):
+                return compiled(padded)[: len(x)].clone()
+
+        try:
+            forward(batch)
+        except Exception as err:  # any compile failure: the eager graph computes the same
+            log.warning("int8: compiling to x86 int8 kernels failed, running the eager graph: %s", first_line(err))
+            return self
+        return forward
+
+    def train(self, mode: bool = True) -> Int8Model:
+        if mode:
+            raise RuntimeError("an int8 model is inference-only: it was exported in eval mode")
+        return self

@@ -9,58 +9,12 @@ has its output rounded to fp16, which is what a GPU's tensor cores compute (fp16
 accumulation, fp16 results). tests/test_quant.py holds it to a true `model.half()` forward.
 """
 
-import torch
-from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from __future__ import annotations
 
+from cvmf_ray.lazy import LazyModule, torch
 from cvmf_ray.quant import QuantMode, register_quant
 
-aten = torch.ops.aten
-# ops whose output is already an fp16 value when their inputs are: rounding them would only cost time
-VALUE_PRESERVING = {aten.relu, aten.relu_, aten.hardtanh, aten.hardtanh_, aten.max_pool2d, aten.max_pool2d_with_indices}
-
-
-def round_fp16_(t: torch.Tensor) -> torch.Tensor:
-    """Round an fp32 tensor to the nearest fp16 value (round to nearest even, saturating to ±inf) in place."""
-    return t.copy_(t.to(torch.float16))
-
-
-class RoundToFp16(TorchDispatchMode):
-    """Rounds every fp32 value an op computes to fp16, as an fp16 forward stores it: the output of an
-    out-of-place op, the mutated input of an in-place one (`out += identity`). Views compute nothing."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        aliases = [r.alias_info for r in func._schema.returns]
-        if func.overloadpacket in VALUE_PRESERVING or any(a is not None and not a.is_write for a in aliases):
-            return out
-        for t in out if isinstance(out, tuple) else (out,):
-            if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
-                round_fp16_(t)
-        return out
-
-
-class Fp16Emulated(nn.Module):
-    """`model` with fp16-valued fp32 weights, run so that every activation is an fp16 value; fp32 logits."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model.half().float()  # the fp16 weights, decoded once
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with RoundToFp16():
-            return self.model(x.to(torch.float16).float())
-
-
-class CastInputs(nn.Module):
-    """Runs `model` in `dtype` and hands fp32 logits back, so evaluation code never sees the dtype."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.model, self.dtype = model.to(dtype), dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.dtype)).float()
+_layers = LazyModule("cvmf_ray.quant._layers")  # Fp16Emulated, CastInputs: torch modules
 
 
 class Fp32(QuantMode):
@@ -84,10 +38,10 @@ class Fp16(QuantMode):
     weight_bits = 16
 
     def quantize(self, model, calibration):
-        return Fp16Emulated(model)
+        return _layers.Fp16Emulated(model)
 
     def restore(self, model, state):
-        qmodel = Fp16Emulated(model)
+        qmodel = _layers.Fp16Emulated(model)
         qmodel.load_state_dict(state)  # fp16 tensors, copied exactly into the fp32 parameters
         return qmodel
 
@@ -103,10 +57,10 @@ class Bf16(QuantMode):
     weight_bits = 16
 
     def quantize(self, model, calibration):
-        return CastInputs(model, torch.bfloat16)
+        return _layers.CastInputs(model, torch.bfloat16)
 
     def restore(self, model, state):
-        qmodel = CastInputs(model, torch.bfloat16)
+        qmodel = _layers.CastInputs(model, torch.bfloat16)
         qmodel.load_state_dict(state)
         return qmodel
 

@@ -4,11 +4,12 @@ torch.export (strict, dynamic batch) → `prepare_pt2e` (folds BatchNorm into th
 calibration forwards on retain-train images (evaluation transform) → `convert_pt2e`. Weights: int8,
 symmetric, per output channel; activations: uint8, affine, per tensor, histogram-calibrated. The result is
 a graph of quantize/dequantize ops around fp32 convs: the int8 arithmetic, runnable in eager PyTorch on any
-device. Evaluation on an x86 CPU runs it compiled where that pays (`Int8Model.inference_forward`):
+device. Evaluation on an x86 CPU runs it compiled where that pays (`_layers.Int8Model.inference_forward`):
 `torch.compile` with inductor freezing lowers the same graph to oneDNN int8 kernels (a Fashion-MNIST evaluate
 cell: 3.2x faster than with the eager graph, scripts/bench_eval.py), with the eager graph's predictions but for
 near-ties (scripts/bench_quant.py's `int8 eager` row; tests/test_quant.py). Compiling costs seconds (2 s for
-small_cnn in a fresh process), so sets below `COMPILE_FROM_VALUES` input values (the embedded digits) run eagerly.
+small_cnn in a fresh process), so sets below `_layers.COMPILE_FROM_VALUES` input values (the embedded digits) run
+eagerly.
 
 Strict export because torchvision's BasicBlock calls one `self.relu` module twice: the default non-strict
 export maps both calls to one module and `prepare_pt2e` fails ("Input partition has more than one output
@@ -23,28 +24,16 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
-import platform
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
-
-import torch
-from torch import nn
-from torch.export import Dim
 
 from cvmf_ray.errors import CellError, first_line
+from cvmf_ray.lazy import LazyModule, nn, torch
 from cvmf_ray.quant import QuantMode, register_quant, run_calibration
-from cvmf_ray.quant._layers import NO_LAYERS
 
-log = logging.getLogger(__name__)
+_layers = LazyModule("cvmf_ray.quant._layers")  # Int8Model: a torch module
 
-INPUT_SHAPE, ACT_SCALE, ACT_ZERO_POINT = "input_shape", "activation_scale", "activation_zero_point"
-# input values (images x pixels x channels) from which compiling pays: compiling takes 0.6-2 s, the eager graph
-# ~1.3 s per million values for small_cnn (more for larger models); digits' 1,797 images are 0.1 million,
-# Fashion-MNIST's 70,000 are 55 million. A fixed count, not a timing: the path (and its rounding) stays the
-# same for the same cell on the same kind of machine.
-COMPILE_FROM_VALUES = 1_000_000
+ACT_SCALE, ACT_ZERO_POINT = "activation_scale", "activation_zero_point"  # state keys, with _layers.INPUT_SHAPE
 _EXPORTED: OrderedDict[tuple, torch.fx.GraphModule] = OrderedDict()  # see `exported`
 EXPORTS_KEPT = 2  # a process quantizes one or two architectures at a time; each entry holds one model's weights
 
@@ -88,7 +77,8 @@ def exported(model: nn.Module, images: torch.Tensor) -> torch.fx.GraphModule:
             if graph is not None and torch.allclose(graph(example), model(example), rtol=1e-5, atol=1e-6):
                 return graph
     # batch ≥ 2 in the example: sizes 0 and 1 get specialised
-    _EXPORTED[key] = torch.export.export(model, (example,), dynamic_shapes=({0: Dim("batch")},), strict=True).module()
+    dynamic = ({0: torch.export.Dim("batch")},)
+    _EXPORTED[key] = torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=True).module()
     while len(_EXPORTED) > EXPORTS_KEPT:
         _EXPORTED.popitem(last=False)
     return copy.deepcopy(_EXPORTED[key])
@@ -115,70 +105,19 @@ def _unobserved(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return prepared
 
 
-class Int8Model(nn.Module):
-    """The converted graph plus the input shape it was exported with; inference only.
-
-    `.eval()` is free and `.train()` refuses: the exported graph is specialised to eval mode, while
-    torchao's `allow_exported_model_train_eval` re-runs a pattern rewrite on every `.eval()` (~0.5 s).
-    """
-
-    def __init__(self, graph: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.graph_module = graph
-        self.register_buffer(INPUT_SHAPE, torch.tensor(input_shape))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.graph_module(x)
-
-    def inference_forward(self, batch: torch.Tensor, images: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """On an x86 CPU, for `images` images of `batch`'s shape holding at least `COMPILE_FROM_VALUES` values, this
-        graph compiled by inductor (with freezing) into oneDNN int8 kernels, for batches no larger than `batch`
-        (smaller ones are zero-padded to its shape: one compile per model); otherwise, or if compiling fails (no
-        C++ compiler, an inductor error), the eager graph.
-
-        Same weights, activation scales and zero points, integer accumulation: the logits differ from the
-        eager graph's only by where the requantization rounds (tests/test_quant.py; on Fashion-MNIST's test set,
-        2 of 10,000 predictions differ, scripts/bench_quant.py).
-        """
-        x86 = platform.machine().lower() in ("x86_64", "amd64")
-        if batch.device.type != "cpu" or not x86 or images * batch[0].numel() < COMPILE_FROM_VALUES:
-            return self
-        compiled = torch.compile(self.graph_module, dynamic=False)
-        padded = torch.zeros_like(batch)
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            padded[: len(x)] = x
-            # freezing turns the int8 weights into constants, which is what lets inductor pick oneDNN's
-            # qconv/qlinear (without it: fp32 convolutions); set for every call, in case one recompiles
-            with torch._inductor.config.patch(freezing=True):
-                return compiled(padded)[: len(x)].clone()
-
-        try:
-            forward(batch)
-        except Exception as err:  # any compile failure: the eager graph computes the same
-            log.warning("int8: compiling to x86 int8 kernels failed, running the eager graph: %s", first_line(err))
-            return self
-        return forward
-
-    def train(self, mode: bool = True) -> Int8Model:
-        if mode:
-            raise RuntimeError("an int8 model is inference-only: it was exported in eval mode")
-        return self
-
-
-def convert(prepared: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> Int8Model:
+def convert(prepared: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> nn.Module:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     graph = convert_pt2e(prepared)
     dequantize_weight = torch.ops.quantized_decomposed.dequantize_per_channel.default
     if not any(node.target == dequantize_weight for node in graph.graph.nodes):
-        raise CellError(f"int8 {NO_LAYERS}")  # PT2E annotated nothing: the graph would be the fp32 model
+        raise CellError(f"int8 {_layers.NO_LAYERS}")  # PT2E annotated nothing: the graph would be the fp32 model
     used = set(_graph_tensors(graph))
     for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
         if name not in used:  # fp32 weights that constant folding replaced by int8 copies
             owner, _, attr = name.rpartition(".")
             delattr(graph.get_submodule(owner), attr)
-    return Int8Model(graph, input_shape)
+    return _layers.Int8Model(graph, input_shape)
 
 
 class Int8(QuantMode):
@@ -210,14 +149,14 @@ class Int8(QuantMode):
         return convert(prepare(model, calibration), tuple(calibration.shape[1:]))
 
     def restore(self, model, state):
-        shape = tuple(state[INPUT_SHAPE].tolist())
+        shape = tuple(state[_layers.INPUT_SHAPE].tolist())
         with warnings.catch_warnings():  # each observer _unobserved reset warns that it has observed nothing
             warnings.filterwarnings("ignore", "must run observer before calling calculate_qparams")
             qmodel = convert(_unobserved(prepare(model, torch.zeros(2, *shape))), shape)  # placeholder values
         tensors = _graph_tensors(qmodel.graph_module)
         activations = _activation_nodes(qmodel.graph_module)
         if (
-            set(state) != {*tensors, INPUT_SHAPE, ACT_SCALE, ACT_ZERO_POINT}
+            set(state) != {*tensors, _layers.INPUT_SHAPE, ACT_SCALE, ACT_ZERO_POINT}
             or any((t.shape, t.dtype) != (state[name].shape, state[name].dtype) for name, t in tensors.items())
             or len(activations) != len(state[ACT_SCALE])
         ):
@@ -235,7 +174,7 @@ class Int8(QuantMode):
         activations = _activation_nodes(qmodel.graph_module)
         return {
             **{name: t.detach().contiguous() for name, t in _graph_tensors(qmodel.graph_module).items()},
-            INPUT_SHAPE: getattr(qmodel, INPUT_SHAPE),
+            _layers.INPUT_SHAPE: getattr(qmodel, _layers.INPUT_SHAPE),
             ACT_SCALE: torch.tensor([n.args[1] for n in activations], dtype=torch.float64),
             ACT_ZERO_POINT: torch.tensor([n.args[2] for n in activations], dtype=torch.int64),
         }

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from cvmf_ray.quant import QUANT_MODES
 from cvmf_ray.schema import IDENTITY_COLUMNS, RUN_METADATA, quant_order
 
 GROUP = ["model", "dataset", "method", "quant"]  # one aggregated row per group, over seeds x forget sets
@@ -21,8 +22,6 @@ NOT_METRICS = {*IDENTITY_COLUMNS, "method_params", "forget", "compare_key", "qua
 
 def weight_bits(quants) -> dict[str, float]:
     """Bits per stored weight of each quant mode, from the quant registry (NaN for a mode it does not know)."""
-    from cvmf_ray.quant import QUANT_MODES  # imports torch (~2 s): only for tables without a weight_bits column
-
     return {q: QUANT_MODES.get(q).weight_bits if q in QUANT_MODES else np.nan for q in quants}
 
 
