@@ -19,11 +19,11 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from cvmf_ray.config import TrainRecipe
+from cvmf_ray.config import RelearnParams, TrainRecipe
 from cvmf_ray.data import Augment
 from cvmf_ray.datasets import DATASETS, ImageData
 from cvmf_ray.evidence.mechanism import quant_update, quantized_weight_names
-from cvmf_ray.evidence.relearn import RelearnParams, dequantized_copy, relearn
+from cvmf_ray.evidence.relearn import dequantized_copy, relearn
 from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks
 from cvmf_ray.grid import Cell
 from cvmf_ray.models import create_model

@@ -116,7 +116,7 @@ class GridConfig(BaseModel):
     method_params: dict[str, dict[str, Any]] = {}  # e.g. {"finetune": {"lr": 0.01}}
     calibration_size: Count = 512  # retain-train images used to calibrate quantization
     relearn: bool = False  # measure every evaluated model's relearn time (its evaluate cell fine-tunes a copy)
-    relearn_params: RelearnParams = RelearnParams()  # how (cvmf_ray/evidence/relearn.py says why each default)
+    relearn_params: RelearnParams = RelearnParams()  # how (its docstring says why each default)
     data_root: str = Field("~/.cache/cvmf-ray/data", validate_default=True)  # made absolute (trials run elsewhere)
     # where and on what
     results_dir: str = "results"
@@ -332,7 +332,7 @@ def _check(config: GridConfig) -> None:
 def _check_local_resources(config: GridConfig) -> None:
     """A local Ray instance cannot have more GPUs or CPUs than this machine (each CPU is a trial process)."""
     if config.gpus:
-        import torch  # only here: the driver otherwise never imports torch
+        import torch  # the count torch sees: what trials compute on
 
         have = torch.cuda.device_count()
         if config.gpus > have:

@@ -169,11 +169,14 @@ def run_info(config, grid: Grid, counts: dict, started: float, finished: float) 
 
 
 def _gpu_names() -> list[str]:
-    """This machine's NVIDIA GPUs as nvidia-smi names them; none without it. (torch would say the same, but the
-    driver never imports torch: 1.3 s.)"""
+    """This machine's NVIDIA GPUs that CUDA_VISIBLE_DEVICES leaves visible, as nvidia-smi names them; none without
+    it. nvidia-smi rather than torch: the driver does not import torch (cvmf_ray/lazy.py)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip():
+        return []
+    command = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", *([f"--id={visible}"] if visible else [])]
     try:
-        query = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                               text=True, timeout=10)  # fmt: skip
+        query = subprocess.run(command, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [name.strip() for name in query.stdout.splitlines() if name.strip()] if query.returncode == 0 else []

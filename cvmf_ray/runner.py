@@ -140,7 +140,7 @@ def connect(config: GridConfig, verbose: bool) -> Plan:
     common = {"logging_level": logging.ERROR, "log_to_driver": verbose, "namespace": f"cvmf-ray-{os.getpid()}"}
     if config.address:
         ray.init(address=config.address, **common)
-    else:  # num_gpus None: Ray counts the visible GPUs itself (NVML, CUDA_VISIBLE_DEVICES), without torch
+    else:  # num_gpus None: Ray counts the GPUs (plan_resources keeps those torch can use)
         ray.init(address="local", num_cpus=config.cpus or os.cpu_count(), num_gpus=config.gpus,
                  include_dashboard=config.dashboard, dashboard_host="127.0.0.1", **common)  # fmt: skip
     try:
@@ -183,9 +183,25 @@ def probe_cluster(address: str) -> None:
         raise UsageError(f"cannot join the Ray cluster at {address!r} ({reason}); {advice}")
 
 
+@ray.remote
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def usable_gpus(config: GridConfig, counted: float) -> float:
+    """Of the GPUs Ray counted on this machine, those torch's CUDA can use. Ray counts every GPU it finds (an
+    Apple GPU; NVIDIA GPUs under a driver too old for this torch), where trials would fall back to the CPU
+    while holding a GPU slot each. Asked of torch in a worker holding them all: the driver imports no torch."""
+    if config.address or config.gpus is not None or not counted:
+        return counted
+    return min(counted, ray.get(_cuda_devices.options(num_gpus=counted).remote()))
+
+
 def plan_resources(config: GridConfig) -> Plan:
     total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    cpus, gpus = total.get("CPU", 0.0), usable_gpus(config, total.get("GPU", 0.0))
     gpus_per_trial = config.gpus_per_trial if config.gpus_per_trial is not None else (1.0 if gpus else 0.0)
     if gpus_per_trial > 0:
         largest = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)

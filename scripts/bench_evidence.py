@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 from cvmf_ray import privacy
-from cvmf_ray.config import load_config
+from cvmf_ray.config import RelearnParams, load_config
 from cvmf_ray.datasets import DATASETS, ImageData
 from cvmf_ray.evidence.forgetting_quality import forgetting_quality
 from cvmf_ray.evidence.mechanism import quant_update, quantized_weight_names
 from cvmf_ray.evidence.outputs import distance_to_retrain, per_class_accuracy
 from cvmf_ray.evidence.privacy_score import privacy_score
-from cvmf_ray.evidence.relearn import RelearnParams, dequantized_copy, relearn
+from cvmf_ray.evidence.relearn import dequantized_copy, relearn
 from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks, split_data
 from cvmf_ray.methods import resolve_method
 from cvmf_ray.models import create_model

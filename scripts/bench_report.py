@@ -4,7 +4,7 @@
 
 The table is tests/synthetic.py's (10 methods x 5 quant modes x 10 forget classes x 20 seeds = 10,000 ok
 rows, plus 21 rows that are n = 1, failed or pending), once with a `weight_bits` column and once without
-(then the report asks the quant registry, which imports torch). Each repeat is a new process that imports
+(then the report asks the quant registry). Each repeat is a new process that imports
 the report package, reads results.parquet and writes the whole report: report.html, 6 figures as PNG + PDF,
 the tables as CSV/Markdown/LaTeX. `total_s` is that process's wall time from start to exit (what a user
 waits for), `cpu_s` its CPU time (what the wall time is on an idle core: the work is single-threaded), and

@@ -10,7 +10,7 @@ from torch import nn
 
 from cvmf_ray.evidence.mechanism import layer_step, quant_update, quantized_weight_names
 from cvmf_ray.models import create_model
-from cvmf_ray.quant._grid import IntGrid
+from cvmf_ray.quant._grid_modes import IntGrid
 from cvmf_ray.quant._layers import QuantizedLayer
 
 

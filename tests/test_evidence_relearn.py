@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from cvmf_ray.evidence.relearn import RelearnParams, dequantized_copy, relearn
+from cvmf_ray.config import RelearnParams
+from cvmf_ray.evidence.relearn import dequantized_copy, relearn
 from cvmf_ray.forget import ForgetSpec, forget_mask
 from tests.test_evidence_mechanism import grid_quantizer
 

@@ -280,12 +280,13 @@ def test_dry_run_prints_every_cell_and_runs_nothing(cli, tmp_path):
 
 def test_the_driver_validates_and_expands_a_grid_of_every_entry_without_importing_torch():
     """The driver reads every registry (names, parameter dataclasses, dataset facts, weight bits) before Ray
-    starts; torch is only imported where tensors are made, in trials (cvmf_ray/lazy.py says why)."""
+    starts, without importing torch (cvmf_ray/lazy.py says why): torch is imported where tensors are made."""
     script = textwrap.dedent("""
         import sys
         from cvmf_ray import driver
         from cvmf_ray.cli import main
         from cvmf_ray.config import load_config
+        from cvmf_ray.datasets import DATASETS
         from cvmf_ray.grid import expand_grid
         from cvmf_ray.methods import METHODS
         from cvmf_ray.models import MODELS
@@ -293,7 +294,7 @@ def test_the_driver_validates_and_expands_a_grid_of_every_entry_without_importin
         from cvmf_ray.results import identity
 
         every = {"models": MODELS.names(), "methods": METHODS.names(), "quant": QUANT_MODES.names(),
-                 "datasets": ["digits", "fashionmnist", "cifar100"]}
+                 "datasets": DATASETS.names()}
         grid = expand_grid(load_config(None, **{k: ",".join(v) for k, v in every.items()}))
         rows = [identity(cell) for cell in grid.stage("evaluate")]
         assert {row["weight_bits"] for row in rows} == {4, 8, 16, 32}

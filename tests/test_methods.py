@@ -19,6 +19,7 @@ import torch
 from cvmf_ray.errors import CellError, UsageError
 from cvmf_ray.forget import ForgetSpec, split_data
 from cvmf_ray.methods import METHODS, resolve_method
+from cvmf_ray.methods.salun import masked_sgd
 from cvmf_ray.stages import unlearn
 from cvmf_ray.stages.evaluate import predict
 from tests.conftest import train_small_cnn
@@ -233,3 +234,20 @@ def test_bad_method_names_are_usage_errors(plugin, path, message):
 def test_ctrl_c_during_a_plugin_import_still_interrupts(plugin):
     with pytest.raises(KeyboardInterrupt):
         resolve_method("interrupted:fn")
+
+
+def test_salun_moves_only_the_weights_its_mask_lets_through():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    params = list(model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    masks = [(torch.rand(p.shape, generator=generator) < 0.5).float() for p in params]
+    start = [p.detach().clone() for p in params]
+    optimizer = masked_sgd(params, masks, lr=0.1)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    for _ in range(5):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    for p, mask, before in zip(params, masks, start, strict=True):
+        assert torch.equal(p.detach()[mask == 0], before[mask == 0])  # weight decay and momentum included
+        assert not torch.equal(p.detach()[mask == 1], before[mask == 1])

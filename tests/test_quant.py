@@ -18,7 +18,7 @@ from cvmf_ray.forget import ForgetSpec
 from cvmf_ray.models import create_model
 from cvmf_ray.quant import QUANT_MODES, inference_forward, int8
 from cvmf_ray.quant import _layers as layers
-from cvmf_ray.quant._grid import pack_int4, unpack_int4
+from cvmf_ray.quant._grid_modes import pack_int4, unpack_int4
 from cvmf_ray.quant._layers import QuantizedLayer, RoundToFp16, aligned
 from cvmf_ray.quant.int8 import prepare
 from cvmf_ray.stages import quantize, train

@@ -45,11 +45,13 @@ import pydantic
 from cvmf_ray.config import INT64
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.errors import UsageError
-from cvmf_ray.lazy import nn
+from cvmf_ray.lazy import LazyModule, nn
 from cvmf_ray.registry import Registry, load_plugin
 
-if TYPE_CHECKING:  # the data path imports torch: the driver reads this module
+if TYPE_CHECKING:
     from cvmf_ray.data import Augment, DeviceLoader
+
+_data = LazyModule("cvmf_ray.data")  # the data path imports torch: the driver reads this module
 
 
 @dataclass
@@ -69,13 +71,11 @@ class UnlearnData:
 
     def loader(self, which: str, batch_size: int, augment: bool = True) -> DeviceLoader:
         """Batches of the `forget` or `retain` set, augmented like training unless `augment=False`."""
-        from cvmf_ray.data import Augment, DeviceLoader  # the data path imports torch: trials only
-
         if which not in ("forget", "retain"):
             raise ValueError(f"loader() takes 'forget' or 'retain', not {which!r}")
         x, y = (self.forget_x, self.forget_y) if which == "forget" else (self.retain_x, self.retain_y)
-        aug = self.augment if augment else Augment()
-        return DeviceLoader(x, y, batch_size, self.mean, self.std, aug, self.device)
+        aug = self.augment if augment else _data.Augment()
+        return _data.DeviceLoader(x, y, batch_size, self.mean, self.std, aug, self.device)
 
 
 @dataclass(frozen=True)

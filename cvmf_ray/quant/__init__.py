@@ -79,5 +79,5 @@ def register_quant(mode: QuantMode) -> QuantMode:
 
 
 for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_"):  # _layers (torch) and _grid are imported by the modes that use them
+    if not _module.name.startswith("_"):  # _layers (torch) and _grid_modes are imported by the modes that use them
         importlib.import_module(f"{__name__}.{_module.name}")

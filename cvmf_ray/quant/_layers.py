@@ -1,6 +1,6 @@
 """The torch modules the quant modes build; the mode modules themselves import no torch (the driver reads them).
 
-Grid layers (the weight-only and fp8 modes, `_grid.GridMode`): each weight is stored as codes on the grid plus
+Grid layers (the weight-only and fp8 modes, `_grid_modes.GridMode`): each weight is stored as codes on the grid plus
 one fp32 scale per output channel (symmetric, `scale = amax / grid.qmax`) and decoded once, when the layer is
 built or loaded, into a non-persistent fp32 buffer the forward reads (the same values decoding on every forward
 gave). With `quantize_inputs`, the layer's input is also cast onto the grid with one static, calibrated
@@ -27,7 +27,7 @@ from cvmf_ray.errors import first_line
 from cvmf_ray.quant import run_calibration
 
 if TYPE_CHECKING:
-    from cvmf_ray.quant._grid import Grid
+    from cvmf_ray.quant._grid_modes import Grid
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,9 @@ class CastInputs(nn.Module):
 
 # ---------------------------------------------------------------- int8 (int8.py)
 
-INPUT_SHAPE = "input_shape"  # Int8Model's buffer, and the int8 state's key, for the shape the graph was exported for
+# the int8 state's keys besides the graph's tensors: the input shape the graph was exported for (also Int8Model's
+# buffer), and the activations' scales and zero points (literals in the graph)
+INPUT_SHAPE, ACT_SCALE, ACT_ZERO_POINT = "input_shape", "activation_scale", "activation_zero_point"
 # input values (images x pixels x channels) from which compiling pays: compiling takes 0.6-2 s, the eager graph
 # ~1.3 s per million values for small_cnn (more for larger models); digits' 1,797 images are 0.1 million,
 # Fashion-MNIST's 70,000 are 55 million. A fixed count, not a timing: the path (and its rounding) stays the

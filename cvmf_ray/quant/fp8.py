@@ -19,7 +19,7 @@ Linear alone would make CPU and GPU numerics differ for no measurable speed-up.
 """
 
 from cvmf_ray.quant import register_quant
-from cvmf_ray.quant._grid import FloatGrid, GridMode
+from cvmf_ray.quant._grid_modes import FloatGrid, GridMode
 
 register_quant(GridMode("fp8_e4m3", FloatGrid("float8_e4m3fn"), quantize_inputs=True, aligned_only=True))
 register_quant(GridMode("fp8_e5m2", FloatGrid("float8_e5m2"), quantize_inputs=True, aligned_only=True))

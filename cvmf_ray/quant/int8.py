@@ -33,7 +33,6 @@ from cvmf_ray.quant import QuantMode, register_quant, run_calibration
 
 _layers = LazyModule("cvmf_ray.quant._layers")  # Int8Model: a torch module
 
-ACT_SCALE, ACT_ZERO_POINT = "activation_scale", "activation_zero_point"  # state keys, with _layers.INPUT_SHAPE
 _EXPORTED: OrderedDict[tuple, torch.fx.GraphModule] = OrderedDict()  # see `exported`
 EXPORTS_KEPT = 2  # a process quantizes one or two architectures at a time; each entry holds one model's weights
 
@@ -156,15 +155,15 @@ class Int8(QuantMode):
         tensors = _graph_tensors(qmodel.graph_module)
         activations = _activation_nodes(qmodel.graph_module)
         if (
-            set(state) != {*tensors, _layers.INPUT_SHAPE, ACT_SCALE, ACT_ZERO_POINT}
+            set(state) != {*tensors, _layers.INPUT_SHAPE, _layers.ACT_SCALE, _layers.ACT_ZERO_POINT}
             or any((t.shape, t.dtype) != (state[name].shape, state[name].dtype) for name, t in tensors.items())
-            or len(activations) != len(state[ACT_SCALE])
+            or len(activations) != len(state[_layers.ACT_SCALE])
         ):
             raise CellError("the saved int8 state does not match this architecture's quantized graph")
         with torch.no_grad():
             for name, tensor in tensors.items():
                 tensor.copy_(state[name])
-        qparams = zip(state[ACT_SCALE].tolist(), state[ACT_ZERO_POINT].tolist(), strict=True)
+        qparams = zip(state[_layers.ACT_SCALE].tolist(), state[_layers.ACT_ZERO_POINT].tolist(), strict=True)
         for node, (scale, zero_point) in zip(activations, qparams, strict=True):
             node.args = (node.args[0], scale, zero_point, *node.args[3:])
         qmodel.graph_module.recompile()
@@ -175,8 +174,8 @@ class Int8(QuantMode):
         return {
             **{name: t.detach().contiguous() for name, t in _graph_tensors(qmodel.graph_module).items()},
             _layers.INPUT_SHAPE: getattr(qmodel, _layers.INPUT_SHAPE),
-            ACT_SCALE: torch.tensor([n.args[1] for n in activations], dtype=torch.float64),
-            ACT_ZERO_POINT: torch.tensor([n.args[2] for n in activations], dtype=torch.int64),
+            _layers.ACT_SCALE: torch.tensor([n.args[1] for n in activations], dtype=torch.float64),
+            _layers.ACT_ZERO_POINT: torch.tensor([n.args[2] for n in activations], dtype=torch.int64),
         }
 
 

@@ -16,7 +16,7 @@ safetensors. Its CPU path also dequantizes and runs the fp32 conv, as this one d
 """
 
 from cvmf_ray.quant import register_quant
-from cvmf_ray.quant._grid import GridMode, IntGrid
+from cvmf_ray.quant._grid_modes import GridMode, IntGrid
 
 register_quant(GridMode("int8_weight", IntGrid(8), quantize_inputs=False))
 register_quant(GridMode("int4_weight", IntGrid(4), quantize_inputs=False, aligned_only=True))

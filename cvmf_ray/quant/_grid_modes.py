@@ -4,6 +4,8 @@ torch: the driver builds every mode to validate a grid. What they build, `Quanti
 
 from __future__ import annotations
 
+import functools
+
 from cvmf_ray.errors import CellError
 from cvmf_ray.lazy import F, LazyModule, nn, torch
 from cvmf_ray.quant import QuantMode
@@ -30,15 +32,18 @@ class FloatGrid:
     """A float8 format: saturating round-to-nearest-even casts, exactly what an fp8 kernel's inputs see."""
 
     bits = 8
+    FORMATS = ("float8_e4m3fn", "float8_e5m2")
 
-    def __init__(self, dtype: str) -> None:
-        self.dtype_name = dtype  # a torch dtype's name: the driver builds the modes without importing torch
+    def __init__(self, dtype_name: str) -> None:
+        if dtype_name not in self.FORMATS:
+            raise ValueError(f"{dtype_name!r} is not one of the float8 formats {self.FORMATS}")
+        self.dtype_name = dtype_name  # a name: the driver builds every mode without importing torch
 
-    @property
+    @functools.cached_property
     def dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype_name)
 
-    @property
+    @functools.cached_property
     def qmax(self) -> float:
         return float(torch.finfo(self.dtype).max)
 
