@@ -4,6 +4,8 @@ Same semantics as torchvision's `RandomCrop(size, padding=p)` + `RandomHorizonta
 `Normalize` (zero padding in pixel space, then normalisation), without PIL or DataLoader workers:
 airbench-style. `torchvision_loader` is that torchvision pipeline itself, the reference the tests and
 `scripts/bench_train.py` hold this path to.
+
+It takes torch from `cvmf_ray.lazy`, as the registry entries that import it do (cvmf_ray/lazy.py says why).
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+from cvmf_ray.lazy import torch
 
 
-def normalize(x_uint8: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
+def normalize(x_uint8: torch.Tensor, mean, std, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The evaluation transform, bit for bit `ToTensor()` + `Normalize(mean, std)`: (x / 255 - mean) / std.
 
     `mean`/`std` are tuples or tensors; tensors already on the device avoid a host-to-device copy per call.
     """
+    dtype = torch.float32 if dtype is None else dtype
     mean_t = torch.as_tensor(mean, device=x_uint8.device, dtype=dtype).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, device=x_uint8.device, dtype=dtype).view(1, -1, 1, 1)
     return (x_uint8.to(dtype) / 255 - mean_t) / std_t
@@ -65,13 +67,14 @@ class DeviceLoader:
 
     def __init__(
         self, x, y, batch_size: int, mean, std, augment: Augment = Augment(), device="cpu",
-        memory_format: torch.memory_format = torch.contiguous_format,
+        memory_format: torch.memory_format | None = None,
     ):  # fmt: skip
         self.device = torch.device(device)
         self.x, self.y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.mean = torch.tensor(mean, dtype=torch.float32).to(self.device)
         self.std = torch.tensor(std, dtype=torch.float32).to(self.device)
-        self.batch_size, self.augment, self.memory_format = batch_size, augment, memory_format
+        self.batch_size, self.augment = batch_size, augment
+        self.memory_format = torch.contiguous_format if memory_format is None else memory_format
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
@@ -99,8 +102,9 @@ def torchvision_transform(mean, std, augment: Augment, size: tuple[int, int]):
     return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
-class PILImages(Dataset):
-    """uint8 [N, C, H, W] images served one PIL image at a time, as torchvision's dataset classes do."""
+class PILImages:
+    """uint8 [N, C, H, W] images served one PIL image at a time, as torchvision's dataset classes do (a map-style
+    dataset: `DataLoader` needs only `__len__` and `__getitem__`)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, transform) -> None:
         from PIL import Image  # the reference path only: every Ray worker imports this module
@@ -120,10 +124,10 @@ class PILImages(Dataset):
 
 def torchvision_loader(
     x, y, batch_size: int, mean, std, augment: Augment, *, seed: int, workers: int = 0, pin_memory: bool = False
-) -> DataLoader:
+) -> torch.utils.data.DataLoader:
     """A plain shuffling DataLoader over `PILImages` with `torchvision_transform` (the slow path)."""
     transform = torchvision_transform(mean, std, augment, tuple(x.shape[2:]))
-    return DataLoader(
+    return torch.utils.data.DataLoader(
         PILImages(x, y, transform), batch_size, shuffle=True, num_workers=workers, pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
     )  # fmt: skip

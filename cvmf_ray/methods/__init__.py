@@ -38,20 +38,16 @@ import pkgutil
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pydantic
 
 from cvmf_ray.config import INT64
+from cvmf_ray.data import Augment, DeviceLoader
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.errors import UsageError
-from cvmf_ray.lazy import LazyModule, nn
+from cvmf_ray.lazy import nn
 from cvmf_ray.registry import Registry, load_plugin
-
-if TYPE_CHECKING:
-    from cvmf_ray.data import Augment, DeviceLoader
-
-_data = LazyModule("cvmf_ray.data")  # the data path imports torch: the driver reads this module
 
 
 @dataclass
@@ -74,8 +70,8 @@ class UnlearnData:
         if which not in ("forget", "retain"):
             raise ValueError(f"loader() takes 'forget' or 'retain', not {which!r}")
         x, y = (self.forget_x, self.forget_y) if which == "forget" else (self.retain_x, self.retain_y)
-        aug = self.augment if augment else _data.Augment()
-        return _data.DeviceLoader(x, y, batch_size, self.mean, self.std, aug, self.device)
+        aug = self.augment if augment else Augment()
+        return DeviceLoader(x, y, batch_size, self.mean, self.std, aug, self.device)
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cvmf_ray.lazy import F, LazyModule, torch
+from cvmf_ray.data import normalize
+from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
 from cvmf_ray.methods._common import Count, Positive, epoch_seed, step
-
-_data = LazyModule("cvmf_ray.data")  # the data path imports torch: the driver reads this module
 
 
 @dataclass
@@ -58,7 +57,7 @@ def error_maximising_noise(model, label: int, shape, params: UnsirParams, device
 def retain_subset(data: UnlearnData, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `per_class` retain images of every class, normalised."""
     keep = torch.cat([torch.nonzero(data.retain_y == c).flatten()[:per_class] for c in data.retain_y.unique()])
-    return _data.normalize(data.retain_x[keep], data.mean, data.std), data.retain_y[keep]
+    return normalize(data.retain_x[keep], data.mean, data.std), data.retain_y[keep]
 
 
 def batches(x, y, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
