@@ -26,9 +26,10 @@ from cvmf_ray.evidence.mechanism import quant_update, quantized_weight_names
 from cvmf_ray.evidence.relearn import dequantized_copy, relearn
 from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks
 from cvmf_ray.grid import Cell
-from cvmf_ray.models import create_model
+from cvmf_ray.meter import Meter
+from cvmf_ray.models import create_model, model_info
 from cvmf_ray.quant import QUANT_MODES, tensor_bytes
-from cvmf_ray.stages import compare, evaluate, quantize, train, unlearn
+from cvmf_ray.stages import compare, evaluate, quantize, reestimate_batchnorm, train, unlearn
 from cvmf_ray.stages.quantize import calibration_images
 from cvmf_ray.store import OUTPUTS, WEIGHTS, CorruptArtifact
 
@@ -106,6 +107,7 @@ class Job:
     settings: CellSettings
     resume: dict | None = None
     on_epoch: Callable[[int, dict], None] | None = None
+    meter: Meter | None = None  # progress inside a training or unlearning cell
 
     @property
     def params(self) -> dict:
@@ -127,12 +129,13 @@ def execute_cell(
     *,
     resume: dict | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
+    meter: Meter | None = None,
 ) -> Artifact:
-    """Run `cell` and return its artifact (the caller saves it)."""
+    """Run `cell` and return its artifact (the caller saves it); `meter` follows a training or unlearning."""
     torch.manual_seed(cell.params.get("seed", 0))
     data = load_dataset(cell.params["dataset"], settings.data_root)
     parent_meta, parent_tensors = load(cell.parent) if cell.parent is not None else ({}, {})
-    job = Job(cell, data, parent_meta, parent_tensors, load, settings, resume, on_epoch)
+    job = Job(cell, data, parent_meta, parent_tensors, load, settings, resume, on_epoch, meter)
     started_at = time.time()
     out = STAGE_RUNNERS[cell.stage](job)
     finished_at = time.time()  # the stage function's own span, for scripts/bench_grid.py
@@ -152,7 +155,7 @@ def _train(job: Job) -> StageOutput:
     exclude = forget_mask(ForgetSpec(**p["exclude"]), job.data.train_y, p["seed"]) if p["exclude"] else None
     recipe = TrainRecipe(**p["recipe"], checkpoint_every=job.settings.checkpoint_every, compile=job.settings.compile)
     model, metrics = train(build_model(p), job.data, recipe, p["seed"], exclude, device=job.settings.device,
-                           resume=job.resume, on_epoch=job.on_epoch)  # fmt: skip
+                           resume=job.resume, on_epoch=job.on_epoch, meter=job.meter)  # fmt: skip
     metrics["resumed_from_epoch"] = int(job.resume["epoch"]) if job.resume else 0
     return StageOutput(metrics, "fp32", model.state_dict(), WEIGHTS)
 
@@ -161,7 +164,31 @@ def _unlearn(job: Job) -> StageOutput:
     p = job.params
     model = restore_model(job.parent_meta, job.parent_tensors)
     model, metrics = unlearn(model, job.data, ForgetSpec(**p["forget"]), p["method"], p["hparams"], seed=p["seed"],
-                             augment=Augment(**p["augment"]), device=job.settings.device)  # fmt: skip
+                             augment=Augment(**p["augment"]), device=job.settings.device, meter=job.meter,
+                             frozen_bn=p.get("unlearn_bn") == "frozen", last_block=_last_block(p["model"]))  # fmt: skip
+    return StageOutput(metrics, "fp32", model.state_dict(), WEIGHTS)
+
+
+def _last_block(model: str) -> tuple[str, ...]:
+    """A registered model's last block; () for a plug-in, which declares none."""
+    info = model_info(model)
+    return info.last_block if info else ()
+
+
+def _reestimate(job: Job) -> StageOutput:
+    """BatchNorm re-estimation on the images a deployer would have (`BN_SOURCES` in cvmf_ray/config.py)."""
+    p, data = job.params, job.data
+    train_forget, test_forget = forget_masks(data, ForgetSpec(**p["forget"]), p["seed"])
+    images = {
+        "train": (data.train_x, data.train_y),
+        "retain": (data.train_x[~train_forget], data.train_y[~train_forget]),
+        "test": (data.test_x[~test_forget], data.test_y[~test_forget]),
+    }[p["bn_reestimate"]]
+    model = restore_model(job.parent_meta, job.parent_tensors)
+    model, metrics = reestimate_batchnorm(
+        model, *images, data.mean, data.std, batches=p["batches"], batch_size=p["batch_size"], seed=p["seed"],
+        device=job.settings.device,
+    )  # fmt: skip
     return StageOutput(metrics, "fp32", model.state_dict(), WEIGHTS)
 
 
@@ -207,5 +234,6 @@ def _compare(job: Job) -> StageOutput:
 
 
 STAGE_RUNNERS: dict[str, Callable[[Job], StageOutput]] = {
-    "train": _train, "unlearn": _unlearn, "quantize": _quantize, "evaluate": _evaluate, "compare": _compare,
+    "train": _train, "unlearn": _unlearn, "reestimate": _reestimate, "quantize": _quantize, "evaluate": _evaluate,
+    "compare": _compare,
 }  # fmt: skip

@@ -61,6 +61,21 @@ def grid(
         str | None, _option("Comma-separated fractions of the training set to forget at random (default none).")
     ] = None,
     seeds: Annotated[str | None, _option("Comma-separated seeds (default 0).")] = None,
+    bn_reestimate: Annotated[
+        str | None,
+        _option(
+            "Comma-separated deployment steps that re-estimate BatchNorm statistics before each quant mode: none, "
+            "train (the whole training set), retain (after deletion), test (held-out images of the retained "
+            "classes) (default none)."
+        ),
+    ] = None,
+    unlearn_bn: Annotated[
+        str | None,
+        _option(
+            "Comma-separated BatchNorm modes while a method unlearns: train (as the method has it), frozen "
+            "(running statistics untouched, affine parameters trained): the BN-frozen control (default train)."
+        ),
+    ] = None,
     epochs: Annotated[int | None, _option("Training epochs for original and retrain (default: the recipe's).")] = None,
     unlearn_epochs: Annotated[
         int | None, _option("Epochs for every unlearning method (default: each its own).")
@@ -127,6 +142,8 @@ def grid(
         forget_classes=forget_classes,
         forget_fractions=forget_fractions,
         seeds=seeds,
+        bn_reestimate=bn_reestimate,
+        unlearn_bn=unlearn_bn,
         epochs=epochs,
         unlearn_epochs=unlearn_epochs,
         method_params=method_params or None,
@@ -154,6 +171,7 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
     from cvmf_ray.datasets import DATASETS
     from cvmf_ray.lock import RunLock
     from cvmf_ray.runner import RunStopped, Signals, StopSignal, probe_cluster
+    from cvmf_ray.schema import NOT_APPLICABLE
     from cvmf_ray.store import RunStore, StorageFull, run_location
 
     Signals.install()
@@ -185,7 +203,7 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
         return 1
     finally:
         lock.release()
-    rows = outcome.table.to_pylist()
+    rows = [r for r in outcome.table.to_pylist() if r["status"] != NOT_APPLICABLE]  # no cells: nothing to run
     failed = [r for r in rows if r["status"] != "ok"]
     echo(
         f"finished in {time.perf_counter() - started:.1f} s: {len(rows) - len(failed)} of {len(rows)} evaluations ok"
@@ -198,10 +216,12 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
 
 def _print_dry_run(expanded) -> None:
     summary = expanded.to_json()["counts"]
-    echo("cells per stage: " + ", ".join(f"{stage} {n}" for stage, n in summary.items()))
+    echo("cells per stage: " + ", ".join(f"{stage} {n}" for stage, n in summary.items() if n))
+    if expanded.skipped:
+        echo(f"{len(expanded.skipped)} combinations do not apply (no cells; rows say why)")
     for cell in expanded.cells.values():
         parent = cell.parent or "-"
-        echo(f"{cell.stage:9} {cell.key}  parent {parent:16}  {cell.describe()}")
+        echo(f"{cell.stage:10} {cell.key}  parent {parent:16}  {cell.describe()}")
 
 
 @app.command()
@@ -392,9 +412,11 @@ def run_cli(argv: list[str] | None = None) -> int:
 
 
 def _given_value(argv: list[str], err: Exception) -> str:
-    """The raw token the user gave for the option the parser rejected, so the message names it."""
+    """The raw token the user gave for the option the parser rejected, so the message names it. Of an option
+    given twice it is the last: the one click keeps (a later option overrides an earlier one) and so the one
+    it failed to convert."""
     options = getattr(getattr(err, "param", None), "opts", None) or []
-    for i, token in enumerate(argv):
+    for i, token in reversed(list(enumerate(argv))):
         for option in options:
             if token == option and i + 1 < len(argv):
                 return f" (got {argv[i + 1]!r})"

@@ -5,33 +5,32 @@ and every value, from there or from a YAML file, is checked here before Ray star
 written; each mistake is one `UsageError` naming the value or the file: unknown keys and names, wrong
 types, ranges (integers numpy and torch accept, finite floats), an entry listed twice in any list, forget
 sets that select no training image, config files that are not a YAML mapping or repeat a key, run names
-that are not one path component.
+that are not one folder name the results filesystem takes.
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from cvmf_ray.errors import UsageError
-
-MAX_SEED = 2**32 - 1  # numpy's RandomState, and so sklearn's random_state, takes 0..2**32-1
-MAX_COUNT = 2**31 - 1  # epochs, batch sizes, image counts: int32, which every torch size and derived seed fits
-INT64 = (-(2**63), 2**63 - 1)  # the widest integer a torch tensor holds: the bound on a plug-in's own integers
-
-# Value types shared with the methods' hyperparameters (cvmf_ray/methods/_common.py)
-Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]  # epochs, batch sizes, steps
-Index = Annotated[int, Field(ge=0, le=MAX_COUNT)]  # class indices, paddings, step numbers
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # learning rates, temperatures, bounds
-Finite = Annotated[float, Field(allow_inf_nan=False)]  # loss weights
-Fraction = Annotated[float, Field(ge=0, le=1)]  # shares and mixing weights (NaN fails the bounds)
-OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+from cvmf_ray.values import MAX_COUNT, Count, Index, OpenFraction, Positive, Seed
 
 
 class TrainRecipe(BaseModel):
@@ -41,25 +40,64 @@ class TrainRecipe(BaseModel):
     128, random crop (padding 4) and horizontal flip, in fp32 (its code has no autocast).
 
     A dataset changes what it must (`DatasetSpec.train_recipe`: `digits` has its own recipe, Fashion-MNIST
-    clips gradients at 0.5 as published); the fields a YAML `train:` block sets override both, and
-    `--epochs` overrides the length (the cosine schedule anneals over whatever length is given).
+    clips gradients at 0.5 as published); a named preset (`recipe: cpu_study`, `PRESETS`) overrides both, the
+    fields a YAML `train:` block sets override all three, and `--epochs` overrides the length (the schedule
+    runs over whatever length is given).
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: Count = 200  # full passes over the (retain) training set
     batch_size: Count = 128
-    lr: Positive = 0.1  # peak learning rate, cosine-annealed to 0 over the run
+    lr: Positive = 0.1  # peak learning rate, reached after `warmup`, then annealed by `schedule`
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
+    # cosine: annealed to 0 (the published); onecycle: down linearly to 0 (with `warmup`, airbench's triangle)
+    schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
+    warmup: float = Field(0.0, ge=0, lt=1)  # fraction of the steps over which lr first rises linearly from 0
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # of the cross-entropy targets (Szegedy et al. 2016)
     grad_clip: Positive | None = None  # max gradient norm; None disables clipping
     crop_padding: Index = 4  # RandomCrop(size, padding=crop_padding); 0 disables
     flip: bool = True  # RandomHorizontalFlip
     checkpoint_every: Count = 1  # epochs between resumable checkpoints
     compile: bool = False  # torch.compile the model (pays off on CUDA for runs of many epochs)
     bf16: bool = False  # bf16 autocast where computed natively (CUDA, AVX512-BF16/AMX CPUs); weights stay fp32
+
+    @model_serializer(mode="wrap")
+    def _later_fields_only_when_used(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leaves out `LATER_FIELDS` at their defaults: grid.py hashes this dump into every train cell's key, so a
+        recipe that does not use a field added later keeps the key, and the trained models, it had before."""
+        dumped = handler(self)
+        return {k: v for k, v in dumped.items() if k not in LATER_FIELDS or v != type(self).model_fields[k].default}
+
+
+LATER_FIELDS = ("warmup", "label_smoothing")  # added after cell keys existed (issue 21): hashed only when used
+
+
+def cpu_study() -> dict[str, Any]:
+    """`recipe: cpu_study`. NOT the published recipe: a short airbench-style schedule for strong originals in
+    minutes on a 2-core CPU, tuned on Fashion-MNIST with small_cnn (>= 90% test accuracy in <= 6 minutes of
+    training, where the published recipe cut to 3 epochs reaches 84.7%; scripts/bench_study_recipe.py,
+    BENCHMARKS.md). Long runs keep the published recipe, the default.
+
+    TUNED-VALUES-TBD
+    """
+    return {
+        "epochs": 2,
+        "batch_size": 128,
+        "lr": 0.1,
+        "schedule": "onecycle",
+        "warmup": 0.15,
+        "label_smoothing": 0.1,
+        "crop_padding": 0,
+        "grad_clip": None,
+        "bf16": True,
+    }
+
+
+# named recipes a grid asks for in one word (`recipe: NAME`), between a dataset's own changes and `train:`
+PRESETS: dict[str, dict[str, Any]] = {"published": {}, "cpu_study": cpu_study()}
 
 
 class RelearnParams(BaseModel):
@@ -93,7 +131,15 @@ class RelearnParams(BaseModel):
     seed: int = 0
 
 
-LISTS = ("models", "datasets", "methods", "quant", "forget_classes", "forget_fractions", "seeds")
+LISTS = ("models", "datasets", "methods", "quant", "forget_classes", "forget_fractions", "seeds", "bn_reestimate",
+         "unlearn_bn")  # fmt: skip
+# Where a deployment step that re-estimates BatchNorm statistics takes its images: `train` the whole training set
+# (forgotten data included), `retain` the training set after deletion, `test` held-out images of the retained
+# classes; `none`, no such step (cvmf_ray/stages/reestimate.py)
+BN_SOURCES = ("none", "train", "retain", "test")
+# How BatchNorm runs while a method unlearns: `train` as the method's own code has it (batch statistics, running
+# statistics updated), `frozen` in eval mode (running statistics untouched, affine parameters still trained)
+UNLEARN_BN = ("train", "frozen")
 
 
 class GridConfig(BaseModel):
@@ -109,12 +155,21 @@ class GridConfig(BaseModel):
     forget_classes: list[Index] | Literal["all"] = [0]
     forget_fractions: list[OpenFraction] = []
     seeds: list[Seed] = [0]
+    bn_reestimate: list[Literal[BN_SOURCES]] = ["none"]  # deployment steps before each quant mode (BN_SOURCES)
+    unlearn_bn: list[Literal[UNLEARN_BN]] = ["train"]  # the BN control of methods that train BatchNorm
     # how
     train: TrainRecipe = TrainRecipe()
+    # a named recipe under `train:` (PRESETS): `published`, the built-in one; `cpu_study`, NOT the published recipe
+    # but a short one for strong originals on a 2-core CPU (its docstring says what it was tuned for)
+    recipe: Literal[tuple(PRESETS)] = "published"
     epochs: Count | None = None  # shortcut that overrides every dataset's training length
     unlearn_epochs: Count | None = None  # overrides every method's own default
     method_params: dict[str, dict[str, Any]] = {}  # e.g. {"finetune": {"lr": 0.01}}
     calibration_size: Count = 512  # retain-train images used to calibrate quantization
+    # BatchNorm re-estimation: AIMET's `reestimate_bn_stats` default of 100 batches, cumulative average (Nagel et
+    # al. 2022); batches of the dataset's training batch size unless given (a deployer's training loader)
+    bn_reestimate_batches: Count = 100
+    bn_reestimate_batch_size: Count | None = None
     relearn: bool = False  # measure every evaluated model's relearn time (its evaluate cell fine-tunes a copy)
     relearn_params: RelearnParams = RelearnParams()  # how (its docstring says why each default)
     data_root: str = Field("~/.cache/cvmf-ray/data", validate_default=True)  # made absolute (trials run elsewhere)
@@ -147,7 +202,7 @@ class GridConfig(BaseModel):
                 raise ValueError(f"{twice!r} is listed twice")
         return value
 
-    @field_validator("models", "datasets", "methods", "quant", "seeds")
+    @field_validator("models", "datasets", "methods", "quant", "seeds", "bn_reestimate", "unlearn_bn")
     @classmethod
     def _not_empty(cls, value: list) -> list:
         if not value:
@@ -164,9 +219,21 @@ class GridConfig(BaseModel):
 
     @field_validator("name")
     @classmethod
-    def _one_path_component(cls, value: str) -> str:
-        if value in ("", ".", "..") or any(c in value for c in "/\\\0"):
-            raise ValueError("a run name is one folder name: not empty, '.' or '..', and no '/' or '\\'")
+    def _one_path_component(cls, value: str, info: ValidationInfo) -> str:
+        """RESULTS_DIR/NAME is one folder the filesystem there can make, checked before anything is written:
+        a name too long fails only when the run directory is made (ENAMETOOLONG), one with a control character
+        (a newline) makes a folder no listing shows as typed, and an undecodable byte (a lone surrogate from
+        the command line) cannot be a path for pyarrow, which takes UTF-8."""
+        limit = name_max(info.data.get("results_dir", ""))
+        if (
+            value in ("", ".", "..")
+            or any(c in "/\\" or unicodedata.category(c) in ("Cc", "Cs") for c in value)
+            or len(value.encode()) > limit
+        ):
+            raise ValueError(
+                "a run name is one folder name: not empty, '.' or '..', no '/', '\\', control character or undecodable "
+                f"byte, at most {limit} bytes in UTF-8"
+            )
         return value
 
     @model_validator(mode="after")
@@ -176,13 +243,32 @@ class GridConfig(BaseModel):
         return self
 
     def recipe_for(self, dataset: str) -> TrainRecipe:
-        """The recipe `dataset` trains with: built-in (published) < the dataset's own < `train:` fields < --epochs."""
+        """The recipe `dataset` trains with: built-in (published) < the dataset's own < the `recipe:` preset <
+        `train:` fields < --epochs. A `train:` field given at its default value still wins over the preset's."""
         from cvmf_ray.datasets import DATASETS
 
-        values = {**DATASETS.get(dataset).train_recipe, **self.train.model_dump(exclude_unset=True)}
+        given = {name: getattr(self.train, name) for name in self.train.model_fields_set}
+        values = {**DATASETS.get(dataset).train_recipe, **PRESETS[self.recipe], **given}
         if self.epochs is not None:
             values["epochs"] = self.epochs
         return TrainRecipe(**values)
+
+
+NAME_MAX = 255  # bytes in a file name on ext4, xfs, btrfs, ZFS and APFS: the limit where pathconf cannot tell
+
+
+def name_max(results_dir: str) -> int:
+    """The longest folder name (in bytes) the filesystem of a local results folder takes, asked of its nearest
+    existing ancestor (the folder itself may not exist yet); NAME_MAX for an object store, or where unknown."""
+    if "://" in results_dir and not results_dir.startswith("file:///"):
+        return NAME_MAX
+    path = os.path.abspath(os.path.expanduser(results_dir.removeprefix("file://")))
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        return os.pathconf(path, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
 
 
 def load_config(path: str | Path | None = None, **options: Any) -> GridConfig:
@@ -305,7 +391,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _check(config: GridConfig) -> None:
-    """What single fields cannot say: names exist, parameters fit their method, forget sets select images."""
+    """What single fields cannot say: names exist, parameters fit their method, methods fit the models, forget
+    sets select images."""
     from cvmf_ray.datasets import DATASETS
     from cvmf_ray.methods import resolve_method
     from cvmf_ray.models import MODELS
@@ -321,12 +408,41 @@ def _check(config: GridConfig) -> None:
         method = resolve_method(name)
         for spec in specs:
             method.resolve_params(config.method_params.get(name, {}), config.unlearn_epochs, spec.name)
+    _check_last_blocks(config)
     for spec in specs:
         _check_forget_sets(config, spec)
+    if "frozen" in config.unlearn_bn:
+        _check_bn_control(config)
     if config.address and (config.gpus is not None or config.cpus is not None):
         raise UsageError("--gpus/--cpus size a local Ray instance; with --address the cluster's resources are used")
     if not config.address:
         _check_local_resources(config)
+
+
+def _check_last_blocks(config: GridConfig) -> None:
+    """CF-k and EU-k train the model's last block: each model of the grid declares one (a plug-in cannot)."""
+    from cvmf_ray.methods import resolve_method
+    from cvmf_ray.models import model_info
+
+    needing = [name for name in config.methods if resolve_method(name).needs_last_block]
+    bare = [model for model in config.models if not getattr(model_info(model), "last_block", ())]
+    if needing and bare:
+        raise UsageError(f"method {needing[0]!r} needs the model's last block; model {bare[0]!r} declares none")
+
+
+def _check_bn_control(config: GridConfig) -> None:
+    """`--unlearn-bn frozen` needs a method that trains BatchNorm and a model that has it (or may: a plug-in)."""
+    from cvmf_ray.methods import resolve_method
+    from cvmf_ray.models import model_info
+
+    unlearning = [m for m in config.methods if m not in ("original", "retrain")]
+    if not any(resolve_method(m).trains_bn for m in unlearning):
+        raise UsageError(
+            f"--unlearn-bn frozen: no method of {', '.join(unlearning) or 'this grid'} trains BatchNorm (original "
+            "and retrain unlearn nothing; weight-only methods run in eval mode already)"
+        )
+    if not any(info is None or info.batchnorm for info in map(model_info, config.models)):
+        raise UsageError(f"--unlearn-bn frozen: no model of {', '.join(config.models)} has BatchNorm")
 
 
 def _check_local_resources(config: GridConfig) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cvmf_ray.lazy import torch
+from cvmf_ray.meter import Meter
 
 
 def normalize(x_uint8: torch.Tensor, mean, std, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -63,11 +64,12 @@ class DeviceLoader:
 
     `epoch(seed)` derives all randomness from its seed, so a resumed run sees the same batches.
     `memory_format=torch.channels_last` hands batches over in the layout a channels_last model wants.
+    A `meter` (cvmf_ray/meter.py) counts the images handed out, for the progress line's images per second.
     """
 
     def __init__(
         self, x, y, batch_size: int, mean, std, augment: Augment = Augment(), device="cpu",
-        memory_format: torch.memory_format | None = None,
+        memory_format: torch.memory_format | None = None, meter: Meter | None = None,
     ):  # fmt: skip
         self.device = torch.device(device)
         self.x, self.y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -75,6 +77,7 @@ class DeviceLoader:
         self.std = torch.tensor(std, dtype=torch.float32).to(self.device)
         self.batch_size, self.augment = batch_size, augment
         self.memory_format = torch.contiguous_format if memory_format is None else memory_format
+        self.meter = meter
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
@@ -86,6 +89,8 @@ class DeviceLoader:
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size] if shuffle else slice(start, start + self.batch_size)
             xb = normalize(self.augment(self.x[idx], generator), self.mean, self.std)
+            if self.meter is not None:
+                self.meter.count(len(xb))
             yield xb.contiguous(memory_format=self.memory_format), self.y[idx]
 
 

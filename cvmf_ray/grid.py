@@ -4,8 +4,11 @@ A cell's key hashes its stage, its parameters and the keys it reads, so shared p
 one `original` per (model, dataset, seed) feeds every method × forget set, every fp32 model feeds every
 quant mode, and every model is evaluated once per forget set it is compared on. Pure Python, no Ray.
 
-Five stages: `train` (originals and retrains), `unlearn`, `quantize`, `evaluate`, and `compare`, which sets
-each evaluated model beside the retrained gold standard over all seeds (output distances, privacy scores).
+Six stages: `train` (originals and retrains), `unlearn`, `reestimate` (a deployment step that re-estimates
+BatchNorm statistics, `--bn-reestimate`), `quantize`, `evaluate`, and `compare`, which sets each evaluated
+model beside the retrained gold standard over all seeds (output distances, privacy scores). A combination
+that cannot apply (BatchNorm steps on a model without BatchNorm) has no cells: the grid lists it under
+`skipped`, and the results table gives it a row that says why (status `not_applicable`).
 A cell's `parent` is what it transforms and must be finished first; its `inputs` are read when they exist
 (the original a quantized model's update is measured against, the evaluations a comparison reads): the cell
 waits until each has finished or failed, and a failed input only leaves the metrics that need it empty.
@@ -21,8 +24,9 @@ from cvmf_ray.config import GridConfig
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.forget import ForgetSpec
 from cvmf_ray.methods import resolve_method
+from cvmf_ray.models import model_info
 
-STAGES = ("train", "unlearn", "quantize", "evaluate", "compare")
+STAGES = ("train", "unlearn", "reestimate", "quantize", "evaluate", "compare")
 CACHE_VERSION = 3  # bump when a stage's numbers change for the same parameters: old artifacts stop matching
 
 
@@ -55,10 +59,11 @@ class Cell:
         p = self.params
         what = {
             "train": lambda: "original" if p["exclude"] is None else f"retrain without {_spec(p['exclude'])}",
-            "unlearn": lambda: f"{p['method']} on {_spec(p['forget'])}",
-            "quantize": lambda: f"{p['quant']} of {p['method']}",
-            "evaluate": lambda: f"{p['method']}/{p['quant']} on {_spec(p['forget'])}",
-            "compare": lambda: f"{p['method']}/{p['quant']} vs retrain on {_spec(p['forget'])}",
+            "unlearn": lambda: f"{p['method']}{_bn(p)} on {_spec(p['forget'])}",
+            "reestimate": lambda: f"BatchNorm re-estimated on {p['bn_reestimate']} of {p['method']}{_bn(p)}",
+            "quantize": lambda: f"{p['quant']} of {p['method']}{_bn(p)}",
+            "evaluate": lambda: f"{p['method']}/{p['quant']}{_bn(p)} on {_spec(p['forget'])}",
+            "compare": lambda: f"{p['method']}/{p['quant']}{_bn(p)} vs retrain on {_spec(p['forget'])}",
         }[self.stage]()
         seeds = f"seed {p['seed']}" if "seed" in p else f"seeds {','.join(map(str, p['seeds']))}"
         return f"{p['model']}/{p['dataset']}/{seeds}: {what}"
@@ -68,9 +73,18 @@ def _spec(d: dict) -> str:
     return str(ForgetSpec(**d))
 
 
+def _bn(params: dict) -> str:
+    """' (BN frozen)', ' + BN re-estimated on train': the BatchNorm treatments a cell's parameters name."""
+    frozen = f" (BN {params['unlearn_bn']})" if params.get("unlearn_bn") else ""
+    step = params.get("bn_reestimate", "none")
+    return frozen + (f" + BN re-estimated on {step}" if step != "none" and "quant" in params else "")
+
+
 @dataclass
 class Grid:
     cells: dict[str, Cell]
+    # key -> {"params": a row's identity, "reason"}: combinations that cannot apply, so have no cells
+    skipped: dict[str, dict] = field(default_factory=dict)
 
     def stage(self, stage: str) -> list[Cell]:
         return [c for c in self.cells.values() if c.stage == stage]
@@ -88,17 +102,20 @@ class Grid:
 
     @property
     def digest(self) -> str:
-        return digest(sorted(self.cells))
+        return digest(sorted(self.cells) + sorted(self.skipped))
 
     def counts(self) -> dict[str, int]:
         return {s: len(self.stage(s)) for s in STAGES}
 
+    def skip(self, params: dict, reason: str) -> None:
+        self.skipped[digest(["not_applicable", params])] = {"params": params, "reason": reason}
+
     def to_json(self) -> dict:
-        return {"counts": self.counts(), "cells": [asdict(c) for c in self.cells.values()]}
+        return {"counts": self.counts(), "cells": [asdict(c) for c in self.cells.values()], "skipped": self.skipped}
 
     @classmethod
     def from_json(cls, data: dict) -> Grid:
-        return cls({c["key"]: Cell(**c) for c in data["cells"]})
+        return cls({c["key"]: Cell(**c) for c in data["cells"]}, data.get("skipped", {}))
 
 
 def forget_specs(config: GridConfig, num_classes: int) -> list[ForgetSpec]:
@@ -113,53 +130,105 @@ def quant_modes(config: GridConfig) -> list[str]:
     return ["fp32"] + [q for q in config.quant if q != "fp32"]
 
 
+@dataclass(frozen=True)
+class Recipes:
+    """What one dataset's cells are made with: its training recipe, augmentation and BatchNorm step sizes."""
+
+    recipe: dict
+    augment: dict
+    reestimation: dict
+
+    @classmethod
+    def of(cls, config: GridConfig, dataset: str) -> Recipes:
+        trained = config.recipe_for(dataset)
+        return cls(
+            trained.model_dump(exclude={"checkpoint_every", "compile"}),  # neither changes the numbers
+            {"crop_padding": trained.crop_padding, "flip": trained.flip},
+            {"batches": config.bn_reestimate_batches,
+             "batch_size": config.bn_reestimate_batch_size or trained.batch_size},
+        )  # fmt: skip
+
+
 def expand_grid(config: GridConfig) -> Grid:
     grid = Grid({})
     for dataset in config.datasets:
-        spec = DATASETS.get(dataset)
-        trained = config.recipe_for(dataset)
-        recipe = trained.model_dump(exclude={"checkpoint_every", "compile"})  # neither changes the numbers
-        augment = {"crop_padding": trained.crop_padding, "flip": trained.flip}
+        recipes, spec = Recipes.of(config, dataset), DATASETS.get(dataset)
         for model in config.models:
-            evaluations: dict[tuple, str] = {}  # (forget, method, quant, seed) -> evaluate key
+            evaluations: dict[tuple, str] = {}  # (forget, method, unlearn_bn, bn_reestimate, quant, seed) -> key
             for seed in config.seeds:
                 base = {"model": model, "dataset": dataset, "seed": seed}
-                original = grid.add(Cell.make("train", None, {**base, "recipe": recipe, "exclude": None}))
+                original = grid.add(Cell.make("train", None, {**base, "recipe": recipes.recipe, "exclude": None}))
                 for forget in forget_specs(config, spec.num_classes):
                     for method in config.methods:
-                        source = _model_source(grid, config, base, original, forget, method, recipe, augment)
-                        for quant, key in _quantized_and_evaluated(grid, config, base, source, original, forget,
-                                                                   method):  # fmt: skip
-                            evaluations[(forget, method, quant, seed)] = key
+                        for unlearn_bn in unlearn_bn_values(config, method):
+                            for group, key in _treated(grid, config, recipes, base, original, forget, method,
+                                                       unlearn_bn):  # fmt: skip
+                                evaluations[(*group, seed)] = key
             if "retrain" in config.methods:
                 _add_comparisons(grid, config, model, dataset, evaluations)
     return grid
 
 
-def _model_source(grid, config, base, original, forget, method, recipe, augment) -> Cell:
+def _treated(grid, config, recipes, base, original, forget, method, unlearn_bn):
+    """Yield ((forget, method, unlearn_bn, bn_reestimate, quant), evaluate key) for one method under one BatchNorm
+    treatment, through every deployment step; what cannot apply to the model is skipped with its reason."""
+    info = model_info(base["model"])
+    batchnorm = info is None or info.batchnorm  # a plug-in is taken to have it: its cells say if not
+    treated = {**base, "method": method, "forget": forget.as_dict(),
+               **_non_default(unlearn_bn=(unlearn_bn, ("train", None)))}  # fmt: skip
+    source = None
+    for step in config.bn_reestimate:
+        identity = {**treated, **_non_default(bn_reestimate=(step, ("none",)))}
+        if not batchnorm and (unlearn_bn == "frozen" or step != "none"):
+            what = "the BN-frozen control" if unlearn_bn == "frozen" else "BatchNorm re-estimation"
+            for quant in quant_modes(config):
+                grid.skip({**identity, "quant": quant}, f"{base['model']} has no BatchNorm: {what} does not apply")
+            continue
+        source = source or _model_source(grid, config, base, original, forget, method, unlearn_bn, recipes)
+        deployed = source if step == "none" else grid.add(Cell.make(
+            "reestimate", source.key, {**identity, **recipes.reestimation}))  # fmt: skip
+        for quant, key in _quantized_and_evaluated(grid, config, identity, source, deployed, original):
+            yield (forget, method, unlearn_bn, step, quant), key
+
+
+def unlearn_bn_values(config: GridConfig, method: str) -> list[str | None]:
+    """A row's `unlearn_bn`: None for `original` and `retrain` (nothing unlearnt), `eval` for a method that never
+    trains BatchNorm (the control is the method itself), else each value of `--unlearn-bn`."""
+    if method in ("original", "retrain"):
+        return [None]
+    return list(config.unlearn_bn) if resolve_method(method).trains_bn else ["eval"]
+
+
+def _non_default(**values: tuple) -> dict:
+    """{name: value} for each value that is not among its defaults: a default adds nothing to a cell's parameters,
+    so the keys of grids without these axes stay as they were (their artifacts stay valid)."""
+    return {name: value for name, (value, defaults) in values.items() if value not in defaults}
+
+
+def _model_source(grid, config, base, original, forget, method, unlearn_bn, recipes: Recipes) -> Cell:
     """The fp32 model a method yields: the original itself, a retrain, or an unlearn cell."""
     if method == "original":
         return original
     if method == "retrain":
-        return grid.add(Cell.make("train", None, {**base, "recipe": recipe, "exclude": forget.as_dict()}))
+        return grid.add(Cell.make("train", None, {**base, "recipe": recipes.recipe, "exclude": forget.as_dict()}))
     overrides = config.method_params.get(method, {})
     hparams = resolve_method(method).resolve_params(overrides, config.unlearn_epochs, base["dataset"])
-    params = {**base, "method": method, "hparams": hparams, "forget": forget.as_dict(), "augment": augment}
+    params = {**base, "method": method, "hparams": hparams, "forget": forget.as_dict(), "augment": recipes.augment,
+              **_non_default(unlearn_bn=(unlearn_bn, ("train",)))}  # fmt: skip
     return grid.add(Cell.make("unlearn", original.key, params))
 
 
-def _quantized_and_evaluated(grid, config, base, source, original, forget, method):
-    """Yield (quant, evaluate key) for every mode. A quantized unlearnt or retrained model measures its weights'
-    distance from the original against the mode's step (`evidence.mechanism`): the retrain's is the baseline
-    of an update that truly removed the data."""
-    identity = {**base, "method": method, "forget": forget.as_dict()}
+def _quantized_and_evaluated(grid, config, identity, source, deployed, original):
+    """Yield (quant, evaluate key) for every mode of the `deployed` fp32 model (`source`, or it after a BatchNorm
+    step). A quantized unlearnt or retrained model measures its weights' distance from the original against the
+    mode's step (`evidence.mechanism`): the retrain's is the baseline of an update that truly removed the data."""
     reference = {"reference": original.key} if source is not original else {}
     for quant in quant_modes(config):
-        model_cell, evaluate_inputs = source, {}
+        model_cell, evaluate_inputs = deployed, {}
         if quant != "fp32":
             params = {**identity, "quant": quant, "calibration_size": config.calibration_size}
-            model_cell = grid.add(Cell.make("quantize", source.key, params, reference))
-            evaluate_inputs = {"source": source.key} if config.relearn else {}
+            model_cell = grid.add(Cell.make("quantize", deployed.key, params, reference))
+            evaluate_inputs = {"source": deployed.key} if config.relearn else {}
         relearn = {"relearn": config.relearn_params.model_dump()} if config.relearn else {}
         params = {**identity, "quant": quant, **relearn}
         yield quant, grid.add(Cell.make("evaluate", model_cell.key, params, evaluate_inputs)).key
@@ -168,12 +237,13 @@ def _quantized_and_evaluated(grid, config, base, source, original, forget, metho
 def _add_comparisons(grid, config, model, dataset, evaluations: dict[tuple, str]) -> None:
     """One compare cell per (forget set, method, quant): every seed's model beside that seed's retrain model in
     the same quant mode."""
-    groups = {(forget, method, quant) for forget, method, quant, _ in evaluations}
-    for forget, method, quant in sorted(groups, key=str):
+    groups = {group[:-1] for group in evaluations}
+    for forget, method, unlearn_bn, step, quant in sorted(groups, key=str):
         inputs = {}
         for seed in config.seeds:
-            inputs[f"model:{seed}"] = evaluations[(forget, method, quant, seed)]
-            inputs[f"retrain:{seed}"] = evaluations[(forget, "retrain", quant, seed)]
+            inputs[f"model:{seed}"] = evaluations[(forget, method, unlearn_bn, step, quant, seed)]
+            inputs[f"retrain:{seed}"] = evaluations[(forget, "retrain", None, step, quant, seed)]
+        treatment = _non_default(unlearn_bn=(unlearn_bn, ("train", None)), bn_reestimate=(step, ("none",)))
         params = {"model": model, "dataset": dataset, "seeds": list(config.seeds), "method": method,
-                  "quant": quant, "forget": forget.as_dict()}  # fmt: skip
+                  "quant": quant, "forget": forget.as_dict(), **treatment}  # fmt: skip
         grid.add(Cell.make("compare", None, params, inputs))

@@ -51,6 +51,7 @@ class RunLock:
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._made: list[str] = []  # the folders acquire() created, deepest first
 
     def acquire(self) -> str | None:
         """Take the run or raise UsageError naming the live holder; returns a note when a dead lease was taken."""
@@ -77,11 +78,12 @@ class RunLock:
         holder = self._read()
         if holder is not None and holder.get("owner") == self.lease["owner"]:
             self.store.remove(LOCK)
+        self._remove_made_folders()
 
     def _link_new_lease(self) -> bool:
         """Publish the lease with a hard link (atomic, fails if a lock exists); False when one exists."""
         final = self.store.path(LOCK)
-        os.makedirs(self.store.root, exist_ok=True)
+        self._make_folders()
         temporary = f"{final}.tmp-{self.lease['owner'][:8]}"
         with open(temporary, "w") as out:
             json.dump({**self.lease, "heartbeat": time.time()}, out)
@@ -92,6 +94,25 @@ class RunLock:
             return False
         finally:
             os.unlink(temporary)
+
+    def _make_folders(self) -> None:
+        """Make the run directory (and its missing ancestors), remembering which: the lock is the first thing a
+        run writes, and a run refused after it (a GPU request the cluster cannot meet, found once Ray is up)
+        must leave no trace."""
+        path = self.store.root
+        while not os.path.isdir(path):
+            self._made.append(path)
+            path = os.path.dirname(path)
+        os.makedirs(self.store.root, exist_ok=True)
+
+    def _remove_made_folders(self) -> None:
+        """Remove the folders acquire() made while they are empty (nothing but the lock was written); a folder
+        that existed before, or holds anything, is never removed."""
+        for folder in self._made:
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty: the run wrote something
+                return
 
     def _heartbeat(self) -> None:
         renewed = time.monotonic()

@@ -1,6 +1,10 @@
 """What a person sees while a grid runs: a live bar per stage on a terminal, a summary line every
 `SUMMARY_EVERY_S` without one (CI logs), one line per cell only with `--verbose`. Failures and warnings are
-always printed, the first `MAX_FAILURE_LINES` failures one line each."""
+always printed, the first `MAX_FAILURE_LINES` failures one line each.
+
+Training and unlearning cells report from inside (cvmf_ray/meter.py): their stage shows the epochs done of the
+running cells' total and their images per second, and the ETA counts the part of a cell already done, so a
+grid that is one long training has an ETA from its first readings on."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from cvmf_ray.grid import STAGES, Cell
+from cvmf_ray.scheduler import cell_cost
 
 SUMMARY_EVERY_S = 10.0
 MAX_FAILURE_LINES = 10
@@ -31,16 +36,26 @@ class Progress:
         self.live = sys.stdout.isatty() if live is None else live
         self.started = self.last_summary = time.monotonic()
         self.failures = 0
+        self.inside: dict[str, tuple[Cell, dict]] = {}  # running cell -> its latest meter reading
         self.bars = None
         if self.live:
             self._start_bars()
 
     # ---- events
+    def cell_progress(self, cell: Cell, reading: dict) -> None:
+        self.inside[cell.key] = (cell, reading)
+
+    def cell_stopped(self, key: str) -> None:
+        """The cell's trial ended (finished, failed or requeued): its readings no longer describe work."""
+        self.inside.pop(key, None)
+
     def cell_finished(self, cell: Cell, seconds: float) -> None:
+        self.cell_stopped(cell.key)
         if self.verbose:
             self._print(f"  done {cell.stage}: {cell.describe()} ({seconds:.1f} s)")
 
     def cell_failed(self, cell: Cell, error: str) -> None:
+        self.cell_stopped(cell.key)
         self.failures += 1
         if self.failures <= MAX_FAILURE_LINES:
             self._print(f"  FAILED {cell.stage}: {cell.describe()}: {error}")
@@ -66,19 +81,30 @@ class Progress:
             c = counts[stage]
             total = sum(c.values())
             if total:
-                busy = ", ".join(f"{c[what]} {what}" for what in ("running", "queued") if c[what])
+                busy = ", ".join(f"{c[what]} {what}" + self._inside(stage) * (what == "running")
+                                 for what in ("running", "queued") if c[what])  # fmt: skip
                 parts.append(f"{stage} {c['done']}/{total}" + (f" ({busy})" if busy else ""))
         failed = sum(c["failed"] for c in counts.values())
         return f"[{_clock(time.monotonic() - self.started)}] " + " · ".join(parts) + f" · failed {failed}{self._eta()}"
 
+    def _inside(self, stage: str) -> str:
+        """': epoch 1.4/2, 3,100 img/s' over the stage's running cells that report from inside (summed)."""
+        readings = [r for cell, r in self.inside.values() if cell.stage == stage and r.get("epochs")]
+        if not readings:
+            return ""
+        done, total = sum(r["epoch"] for r in readings), sum(r["epochs"] for r in readings)
+        rate = sum(r["images_per_s"] or 0 for r in readings)
+        return f": epoch{'s' * (len(readings) > 1)} {done:.1f}/{total}" + (f", {rate:,.0f} img/s" if rate else "")
+
     def _eta(self) -> str:
         """Time left at the pace of this invocation so far, in estimated work (`scheduler.cell_cost`), not cells:
-        a training is worth many evaluations."""
+        a training is worth many evaluations. The done part of a running cell that reports from inside counts."""
         finished_here, left = self.work()
+        partial = sum(cell_cost(cell) * r["epoch"] / r["epochs"] for cell, r in self.inside.values() if r.get("epochs"))
         elapsed = time.monotonic() - self.started
-        if not left or finished_here <= 0:
+        if not left or finished_here + partial <= 0:
             return ""
-        return f" · ETA {_clock(elapsed / finished_here * left)}"
+        return f" · ETA {_clock(elapsed / (finished_here + partial) * max(left - partial, 0.0))}"
 
     def _print(self, line: str) -> None:
         if self.bars is not None:
@@ -106,7 +132,8 @@ class Progress:
         counts = self.counts()
         for stage, task in self.tasks.items():
             c = counts[stage]
-            state = " ".join(f"{c[what]} {what}" for what in ("running", "queued", "failed") if c[what])
+            state = " ".join(f"{c[what]} {what}" + self._inside(stage) * (what == "running")
+                             for what in ("running", "queued", "failed") if c[what])  # fmt: skip
             self.bars.update(task, completed=c["done"] + c["failed"], state=state)
 
     def close(self) -> None:

@@ -4,9 +4,10 @@ A row has three parts. Its own columns are what its evaluate cell measured plus 
 descends from; the cell writes them as `evaluations/KEY.json` (`evaluation_row`). Comparison columns set the
 model beside the retrained gold standard over seeds; its group's compare cell computes them. Derived columns
 need other rows and are recomputed whenever the table is assembled: `gap_to_retrain` against the retrain row
-of the same (model, dataset, seed, forget set, quant), `recovery_*` against the fp32 row of the same model,
-`speedup_over_retrain`. The driver assembles `results.parquet` from the previous table and what the cells of
-this invocation reported, never from per-cell reads, except to recover rows no table holds any more.
+of the same (model, dataset, seed, forget set, quant, BatchNorm step), `recovery_*` against the fp32 row of the
+same model before any deployment step, `speedup_over_retrain`. The driver assembles `results.parquet` from
+the previous table and what the cells of this invocation reported, never from per-cell reads, except to
+recover rows no table holds any more. A combination the grid skipped gets a row with status `not_applicable`.
 """
 
 from __future__ import annotations
@@ -21,25 +22,35 @@ from datetime import datetime
 
 import pyarrow as pa
 
+from cvmf_ray import schema
+from cvmf_ray.config import BN_SOURCES, UNLEARN_BN
 from cvmf_ray.forget import ForgetSpec
 from cvmf_ray.grid import Cell, Grid
 from cvmf_ray.quant import QUANT_MODES
 from cvmf_ray.schema import COMPARED, GAP_METRICS, MECHANISM, OWN_COLUMNS, RUN_METADATA, SCHEMA, quant_order
 
+UNLEARN_BN_ORDER = (None, *UNLEARN_BN, "eval")
+
 
 def identity(cell: Cell) -> dict:
-    p = cell.params
+    return {"key": cell.key, "parent_key": cell.parent, **_identity_of(cell.params)}
+
+
+def _identity_of(p: dict) -> dict:
+    """A row's identity from an evaluate cell's parameters (or a skipped combination's): a default BatchNorm
+    treatment is not in the parameters (grid.py keeps old keys), so it is filled in here."""
     forget = ForgetSpec(**p["forget"])
+    unlearnt = p["method"] not in ("original", "retrain")
     return {
-        "key": cell.key,
-        "parent_key": cell.parent,
         "model": p["model"],
         "dataset": p["dataset"],
         "seed": p["seed"],
         "forget_class": forget.forget_class,
         "forget_fraction": forget.forget_fraction,
         "method": p["method"],
+        "unlearn_bn": p.get("unlearn_bn", "train") if unlearnt else None,
         "quant": p["quant"],
+        "bn_reestimate": p.get("bn_reestimate", "none"),
         "weight_bits": QUANT_MODES.get(p["quant"]).weight_bits if p["quant"] in QUANT_MODES else None,
     }
 
@@ -54,10 +65,13 @@ def evaluation_row(cell: Cell, meta: dict) -> dict:
         row["unlearn_seconds"] = train.get("train_seconds")
     if "unlearn" in lineage:
         row["unlearn_seconds"] = lineage["unlearn"]["metrics"].get("unlearn_seconds")
-        row["method_params"] = json.dumps(lineage["unlearn"]["hparams"], sort_keys=True)
+        row["method_params"] = json.dumps({**lineage["unlearn"]["hparams"], "unlearn_bn": row["unlearn_bn"]},
+                                          sort_keys=True)  # fmt: skip
+    reestimated = lineage.get("reestimate", {}).get("metrics", {})
+    row.update({name: reestimated.get(name) for name in ("bn_reestimate_batches", "bn_reestimate_batch_size")})
     quantized = lineage.get("quantize", {}).get("metrics", {})
     row.update({name: quantized.get(name) for name in (*MECHANISM, "quant_update_per_layer", "quantize_seconds")})
-    nearest_model = next(lineage[s]["metrics"] for s in ("quantize", "unlearn", "train") if s in lineage)
+    nearest_model = next(lineage[s]["metrics"] for s in ("quantize", "reestimate", "unlearn", "train") if s in lineage)
     row["model_bytes"] = nearest_model.get("model_bytes")
     row.update({k: v for k, v in meta["metrics"].items() if k in OWN_COLUMNS})
     return {name: _clean(row.get(name)) for name in OWN_COLUMNS}
@@ -67,13 +81,20 @@ def failed_row(cell: Cell, status: str, error: str | None) -> dict:
     return {**dict.fromkeys(OWN_COLUMNS), **identity(cell), "status": status, "error": error}
 
 
+def not_applicable_rows(grid: Grid) -> dict[str, dict]:
+    """One row per combination the grid skipped, saying why (a deployment step on a model it cannot apply to)."""
+    return {key: {**dict.fromkeys(OWN_COLUMNS), "key": key, **_identity_of(entry["params"]),
+                  "status": schema.NOT_APPLICABLE, "error": entry["reason"]}
+            for key, entry in grid.skipped.items()}  # fmt: skip
+
+
 def assemble(grid: Grid, rows: dict[str, dict], comparisons: dict[str, dict], run_info: dict) -> pa.Table:
     """The table of every evaluate cell of `grid`, in a stable order, with comparison and derived columns.
 
     `rows`: key -> own columns (failed and pending rows included); `comparisons`: compare key -> that cell's
     output ({"rows": {evaluation key: columns}, "group": columns}).
     """
-    table = [dict(rows[cell.key]) for cell in grid.stage("evaluate")]
+    table = [dict(rows[cell.key]) for cell in grid.stage("evaluate")] + list(not_applicable_rows(grid).values())
     by_key = {row["key"]: row for row in table}
     for cell in grid.stage("compare"):
         found = comparisons.get(cell.key)
@@ -86,6 +107,7 @@ def assemble(grid: Grid, rows: dict[str, dict], comparisons: dict[str, dict], ru
     methods = list(dict.fromkeys(c.params["method"] for c in grid.stage("evaluate")))
     quants = quant_order({row["quant"]: row["weight_bits"] for row in table})
     table.sort(key=lambda r: (r["model"], r["dataset"], r["seed"], _forget_order(r), methods.index(r["method"]),
+                              UNLEARN_BN_ORDER.index(r["unlearn_bn"]), BN_SOURCES.index(r["bn_reestimate"]),
                               quants.index(r["quant"])))  # fmt: skip
     cleaned = [{name: _clean(row.get(name)) for name in SCHEMA.names} for row in table]
     metadata = {RUN_METADATA: json.dumps(run_info, default=str).encode()}
@@ -97,22 +119,26 @@ def _forget_order(row: dict) -> tuple:
 
 
 def _derive(rows: list[dict]) -> None:
+    """`gap_to_retrain` against the retrain row of the same deployment (quant mode and BatchNorm step); `recovery_*`
+    against the row's own fp32 model as unlearnt: what every deployment step together undid."""
+
     def same(row: dict, **changes) -> tuple:
-        base = {k: row[k] for k in ("model", "dataset", "seed", "forget_class", "forget_fraction", "method", "quant")}
-        return tuple({**base, **changes}.values())
+        identity = ("model", "dataset", "seed", "forget_class", "forget_fraction", "method", "unlearn_bn", "quant",
+                    "bn_reestimate")  # fmt: skip
+        return tuple({**{k: row[k] for k in identity}, **changes}.values())
 
     ok = {same(r): r for r in rows if r["status"] == "ok"}
     for row in rows:
         if row["status"] != "ok":
             continue
-        retrain = ok.get(same(row, method="retrain"))
+        retrain = ok.get(same(row, method="retrain", unlearn_bn=None))
         if retrain is not None:
             gaps = [abs(row[m] - retrain[m]) for m in GAP_METRICS if _num(row.get(m)) and _num(retrain.get(m))]
             row["gap_to_retrain"] = sum(gaps) / len(gaps) if gaps else None
             if row.get("unlearn_seconds") and retrain.get("unlearn_seconds"):
                 row["speedup_over_retrain"] = retrain["unlearn_seconds"] / row["unlearn_seconds"]
-        fp32 = ok.get(same(row, quant="fp32"))
-        if row["quant"] != "fp32" and fp32 is not None:
+        fp32 = ok.get(same(row, quant="fp32", bn_reestimate="none"))
+        if fp32 is not None and fp32 is not row:
             # positive = quantization undid forgetting: forget accuracy went up, MIA efficacy went down
             row["recovery_forget_train_accuracy"] = row["forget_train_accuracy"] - fp32["forget_train_accuracy"]
             if _num(row.get("mia_efficacy")) and _num(fp32.get("mia_efficacy")):
@@ -158,6 +184,7 @@ def run_info(config, grid: Grid, counts: dict, started: float, finished: float) 
             continue
     return {
         "grid": config.model_dump(mode="json", exclude={"address"}) if config is not None else None,
+        "recipes": _recipes(config) if config is not None else None,
         "grid_digest": grid.digest,
         "counts": {stage: dict(c) for stage, c in counts.items()},
         "versions": versions,
@@ -166,6 +193,12 @@ def run_info(config, grid: Grid, counts: dict, started: float, finished: float) 
         "finished": datetime.fromtimestamp(finished).isoformat(timespec="seconds"),
         "wall_seconds": finished - started,
     }
+
+
+def _recipes(config) -> dict[str, dict]:
+    """The recipe each dataset trained with, by the rule its train cells were made with (`recipe_for`): the
+    grid's `train` block alone is the built-in recipe, before each dataset's own changes and `--epochs`."""
+    return {dataset: config.recipe_for(dataset).model_dump(mode="json") for dataset in config.datasets}
 
 
 def _gpu_names() -> list[str]:

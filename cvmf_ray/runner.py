@@ -3,10 +3,12 @@
 `DagSearcher` (a Tune `Searcher`) turns cells into trials the moment their parent is done: `suggest` hands out
 the highest-ranked ready cells (critical path first, see scheduler.py) and returns None while nothing is ready.
 A cell that fits a model (train, unlearn) is a trial of its own; cheap cells (quantize, evaluate, compare) are
-batched so Tune's per-trial cost stays amortised. Every trial asks for the same resources, one CPU and
-`--gpus-per-trial` of a GPU: with `reuse_actors`, Tune keeps finished trials' processes for the next trial of
-the same shape, and idle processes of one shape would hold the CPUs and GPUs a trial of another shape needs. Trials
-report every finished cell (trial.py), which releases its readers at once: no stage waits for another.
+batched so Tune's per-trial cost stays amortised. A trial asks for one CPU and `--gpus-per-trial` of a GPU: with
+`reuse_actors`, Tune keeps finished trials' processes for the next trial of the same shape. The one exception
+keeps every core busy on a CPU-only run: a long cell (a training, or a Fashion-MNIST evaluation) that fewer
+ready cells than free cores leave room for asks for those cores (`DagSearcher._cpus_for`), and Tune gives it a
+fresh process (it evicts idle processes of the other shape, whose CPUs the wide trial needs). Trials report
+every finished cell (trial.py), which releases its readers at once: no stage waits for another.
 
 Storage is the run's state: finished and failed cells come from one listing of `artifacts/` and `failures/`
 at start, and from the trials' reports afterwards. Every invocation is a fresh Tuner; a crash loses nothing,
@@ -39,7 +41,7 @@ from cvmf_ray.config import GridConfig
 from cvmf_ray.errors import Interrupted, UsageError
 from cvmf_ray.grid import Grid
 from cvmf_ray.progress import Progress
-from cvmf_ray.scheduler import RUNNING, Scheduler, is_solo
+from cvmf_ray.scheduler import RUNNING, Scheduler, cell_work, is_solo
 from cvmf_ray.store import RunStore
 from cvmf_ray.trial import RESULT_KEY, RunSettings, cell_trial
 
@@ -52,6 +54,10 @@ CACHE_SHARE = 0.5  # of a node's object store that its artifact cache may hold
 # Tune can spend its retries on one death: it hands the next trial to a reused process that died while idle,
 # then the retry to the same dead process (tests/test_faults.py).
 RERUNS_AFTER_DEATH = 1
+# A trial takes the cores nothing else can use only when its cells are this much work (pixels through the model,
+# `scheduler.cell_work`): a wider trial needs a fresh process (1-3 s of imports), which pays from ~20 s of
+# one-core work. Fashion-MNIST's one epoch is 4.7e7, its evaluation 5.5e7; digits' 30-epoch training 3.5e6.
+WIDE_MIN_WORK = 2e7
 EXPERIMENT = "dag"  # Tune's experiment name under RUN_DIR/tune
 
 Log = Callable[[str], None]
@@ -116,9 +122,10 @@ class StopSignal:
 
 @dataclass
 class Plan:
-    cpus_per_trial: float
+    cpus_per_trial: float  # what a trial asks for, unless it is a wide one (`DagSearcher._cpus_for`)
     gpus_per_trial: float
     slots: int  # trials that fit at once
+    cpus: float = 1.0  # the CPUs Ray was given (`--cpus`, or the cluster's)
 
 
 # ---------------------------------------------------------------- joining Ray
@@ -218,7 +225,16 @@ def plan_resources(config: GridConfig) -> Plan:
         import psutil
 
         slots = min(slots, max(1, psutil.virtual_memory().total // PROCESS_MEMORY))
-    return Plan(cpus_per_trial, gpus_per_trial, max(slots, 1))
+    return Plan(cpus_per_trial, gpus_per_trial, max(slots, 1), cpus)
+
+
+def node_free_cpus(free: float) -> float:
+    """The most CPUs one alive node has free, as Ray last saw it; `free` (the run's own count) on one node."""
+    if len([node for node in ray.nodes() if node["Alive"]]) == 1:
+        return free
+    from ray._private.state import available_resources_per_node  # no public per-node view without a dashboard
+
+    return max((node.get("CPU", 0.0) for node in available_resources_per_node().values()), default=0.0)
 
 
 def start_caches() -> dict:
@@ -249,6 +265,7 @@ class DagSearcher(Searcher):
         self.scheduler, self.plan, self.store, self.progress, self.stop = scheduler, plan, store, progress, stop
         self.caches = start_caches()  # node id -> the artifact cache there
         self.live: dict[str, list[str]] = {}  # trial id -> the keys of its batch
+        self.held: dict[str, float] = {}  # trial id -> the CPUs it asked for
         self.started: set[str] = set()  # live trials Tune has started (the others wait for resources)
         self.retry_errors: dict[str, str] = {}  # the last error of a cell whose trial Tune may retry
         self.rows: dict[str, dict] = {}  # evaluate key -> own columns, reported this invocation
@@ -276,7 +293,21 @@ class DagSearcher(Searcher):
                 elif self.scheduler.state[key] != "done":
                     missing.append(key)
         kind = "solo" if is_solo(batch[0]) else "batch"
-        return {"kind": kind, "cells": self.live[trial_id], "sources": dict(sources), "missing": missing}
+        self.held[trial_id] = self._cpus_for(batch)
+        return {"kind": kind, "cells": self.live[trial_id], "sources": dict(sources), "missing": missing,
+                "cpus": self.held[trial_id]}  # fmt: skip
+
+    def _cpus_for(self, batch: list) -> float:
+        """Every core busy: on a CPU-only run, a trial whose cells are worth a fresh process (`WIDE_MIN_WORK`) takes
+        the free CPUs that no ready cell can use, split evenly between it and the ready cells and capped by the
+        most one node has free; its torch then runs that many threads (trial.py). Every other trial asks for one
+        CPU, so with more ready cells than free cores, and on GPUs, nothing changes. Ray grants what a trial asks
+        for, so threads never outnumber the CPUs Ray was given."""
+        if self.plan.gpus_per_trial or sum(cell_work(cell) for cell in batch) < WIDE_MIN_WORK:
+            return self.plan.cpus_per_trial
+        free = self.plan.cpus - sum(cpus for trial, cpus in self.held.items() if self._working(trial))
+        share = min(free // (1 + self.scheduler.ready_count()), node_free_cpus(free))
+        return float(max(self.plan.cpus_per_trial, share))
 
     def _batch_size(self) -> int:
         """Spread the ready cheap cells over every slot, each batch about TARGET_BATCH_S of estimated work."""
@@ -284,6 +315,11 @@ class DagSearcher(Searcher):
         total, count = self.cheap_seconds
         cap = max(1, int(TARGET_BATCH_S * count / total)) if total > 0 else FIRST_BATCH
         return max(1, min(math.ceil(ready / self.plan.slots), cap))
+
+    def _working(self, trial_id: str) -> bool:
+        """Whether a live trial still has a cell to run: one that has reported them all frees its CPUs in a moment,
+        so a cell its last report made ready may already count on them (Ray starts it once they are free)."""
+        return any(self.scheduler.state[key] == RUNNING for key in self.live.get(trial_id, ()))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         release: dict[str, list[str]] = defaultdict(list)
@@ -321,6 +357,8 @@ class DagSearcher(Searcher):
             self.stop.set(event["error"])
         elif status == "warning":
             self.progress.note(f"warning: {event['error']}")
+        elif status == "progress":
+            self.progress.cell_progress(cell, event)
         elif status == "resumed":
             self.progress.note(f"{cell.describe()}: resuming training from its epoch {event['epoch']} checkpoint")
 
@@ -342,7 +380,9 @@ class DagSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.started.discard(trial_id)
+        self.held.pop(trial_id, None)
         for key in self.live.pop(trial_id, []):
+            self.progress.cell_stopped(key)
             if self.scheduler.state[key] != RUNNING:
                 continue
             cell = self.scheduler.grid.cells[key]
@@ -394,10 +434,12 @@ def fit(config: GridConfig, grid: Grid, store: RunStore, searcher: DagSearcher, 
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(plan.slots)  # the searcher decides; Tune may queue this many
     settings = RunSettings(store.uri, config.data_root, config.train.checkpoint_every, config.train.compile,
                            [ray.put(grid.cells)])  # fmt: skip
-    resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
     control = RunControl(searcher)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, run=settings), resources),
+        tune.with_resources(  # each trial's CPUs are its own (a wide one's more, `DagSearcher._cpus_for`)
+            tune.with_parameters(trainable, run=settings),
+            lambda trial: {"cpu": trial["cpus"], "gpu": plan.gpus_per_trial},
+        ),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=-1,

@@ -27,7 +27,7 @@ SHOWN_AS = {DONE: "done", RUNNING: "running", FAILED: "failed", BLOCKED: "failed
             READY: "pending"}  # fmt: skip
 MAX_RECOMPUTES = 2
 # relative cost of a cell in epochs of its model's training, only used to order ready cells
-STAGE_COST = {"unlearn": 2.0, "quantize": 0.2, "evaluate": 0.5, "compare": 0.1}
+STAGE_COST = {"unlearn": 2.0, "reestimate": 0.2, "quantize": 0.2, "evaluate": 0.5, "compare": 0.1}
 SOLO_STAGES = ("train", "unlearn")  # they fit a model: a trial each
 
 
@@ -37,6 +37,29 @@ def is_solo(cell: Cell) -> bool:
 
 def cell_cost(cell: Cell) -> float:
     return float(cell.params["recipe"]["epochs"]) if cell.stage == "train" else STAGE_COST[cell.stage]
+
+
+def cell_work(cell: Cell) -> float:
+    """A cell's work before it runs, in pixels through its model: what decides whether it is worth a wide trial
+    (runner.py). Training and unlearning: epochs x training images (an upper bound for a method that reads only
+    the forget set); evaluation: every train and test image once (forward passes plus the attacks' and metrics'
+    own work, measured on Fashion-MNIST at about a training epoch's time); BatchNorm re-estimation: its batches;
+    quantization: its calibration images; a comparison reads logits only."""
+    from cvmf_ray.datasets import DATASETS
+
+    p = cell.params
+    if "dataset" not in p:
+        return 0.0
+    spec = DATASETS.get(p["dataset"])
+    images = {
+        "train": lambda: p["recipe"]["epochs"] * spec.train_size,
+        "unlearn": lambda: p["hparams"].get("epochs", 1) * spec.train_size,
+        "reestimate": lambda: p["batches"] * p["batch_size"],
+        "quantize": lambda: p["calibration_size"],
+        "evaluate": lambda: spec.train_size + spec.test_size,
+        "compare": lambda: 0,
+    }[cell.stage]()
+    return float(images) * spec.in_channels * spec.image_size**2
 
 
 class Scheduler:

@@ -19,6 +19,7 @@ MECHANISM = ("quant_update_ratio", "quant_snapped_back", "quant_update_to_step")
 GROUP_COMPARISONS = ("forgetting_quality", "forgetting_quality_models")  # one per compare group, on each of its rows
 COMPARISONS = ("js_to_retrain_forget_train", "js_to_retrain_test", "kl_to_retrain_forget_train",
                "kl_to_retrain_test", "privacy_score", *GROUP_COMPARISONS)  # fmt: skip
+NOT_APPLICABLE = "not_applicable"  # the status of a row whose combination cannot apply (grid.py `skipped`)
 RUN_METADATA = b"cvmf_ray.run"  # Parquet key-value metadata: the run's identity as JSON (results.run_info)
 
 IDENTITY = [
@@ -30,9 +31,12 @@ IDENTITY = [
     ("forget_class", pa.int64()),
     ("forget_fraction", pa.float64()),
     ("method", pa.string()),
+    ("unlearn_bn", pa.string()),  # BatchNorm while unlearning: train | frozen (the control) | eval; null: none ran
     ("quant", pa.string()),
+    ("bn_reestimate", pa.string()),  # the deployment step before quant: none | train | retain | test
     ("weight_bits", pa.int64()),  # bits per stored weight of the quant mode: 32, 16, 8, 4
-    ("status", pa.string()),  # ok | failed | pending (never ran: the run was interrupted)
+    # ok | failed | pending (never ran: the run was interrupted) | not_applicable (`error` says why; no cells)
+    ("status", pa.string()),
     ("error", pa.string()),
 ]
 OWN = [
@@ -47,6 +51,8 @@ OWN = [
     *[(name, pa.float64()) for name in COSTS],
     ("model_bytes", pa.int64()),
     ("method_params", pa.string()),  # JSON of the resolved hyperparameters
+    ("bn_reestimate_batches", pa.int64()),  # what the BatchNorm step used (null without one)
+    ("bn_reestimate_batch_size", pa.int64()),
 ]
 DERIVED = [
     ("gap_to_retrain", pa.float64()),

@@ -1,9 +1,9 @@
 """The run directory, through one pyarrow filesystem layer (local path, shared FS, `file://`, `s3://`).
 
-Layout (README: the run directory): grid.json, artifacts/KEY/{meta.json, model.safetensors | outputs.safetensors},
-evaluations/KEY.json, results.parquet, failures/KEY.json (why a cell failed, until it succeeds),
-checkpoints/KEY/epoch-NNNNN.pt (a training cell's last epochs, until it finishes), lock.json (the driver
-that holds the run), tune/ (Ray Tune's storage_path).
+Layout (docs/user-guide.md: the run directory): grid.json, artifacts/KEY/{meta.json, model.safetensors |
+outputs.safetensors}, evaluations/KEY.json, results.parquet, failures/KEY.json (why a cell failed, until it
+succeeds), checkpoints/KEY/epoch-NNNNN.pt (a training cell's last epochs, until it finishes), lock.json (the
+driver that holds the run), tune/ (Ray Tune's storage_path).
 
 Readers never see half a file: on a local or shared filesystem a file is written under a temporary name and
 renamed into place; on an object store a single PUT is already atomic. An artifact is finished once its
@@ -33,6 +33,12 @@ META = "meta.json"
 WEIGHTS = "model.safetensors"  # what a train/unlearn/quantize cell leaves
 OUTPUTS = "outputs.safetensors"  # what an evaluate cell leaves: its logits, read by compare cells
 CHECKPOINTS_KEPT = 2  # a torn newest checkpoint still leaves the one before it
+# what each entry of a run directory is, where it exists (the layout above; lock.json: cvmf_ray/lock.py)
+ENTRIES = {name: pafs.FileType.File for name in ("grid.json", "results.parquet", "lock.json")} | {
+    name: pafs.FileType.Directory for name in ("artifacts", "evaluations", "failures", "checkpoints", "tune")
+}
+KINDS = {pafs.FileType.File: "a file", pafs.FileType.Directory: "a directory",
+         pafs.FileType.Unknown: "a special file (a device, socket or pipe)"}  # fmt: skip
 
 
 class CorruptArtifact(CellError):
@@ -103,7 +109,8 @@ class RunStore:
 
         Locally: the nearest existing ancestor must be a writable directory (nothing is created yet). On an
         object store: a probe object is written, read back and deleted, which proves the scheme, the bucket,
-        the credentials and the permissions in one go.
+        the credentials and the permissions in one go. Then every entry of the run that exists must be of its
+        kind (`ENTRIES`), or the run would fail on it only after Ray started.
         """
         try:
             if self.fs.type_name == "local":
@@ -115,6 +122,9 @@ class RunStore:
                 with self.fs.open_input_stream(probe) as stream:
                     assert stream.read() == b"probe", "read back something else"
                 self.fs.delete_file(probe)
+            infos = self.fs.get_file_info([self.path(name) for name in ENTRIES])
+            for info, kind in zip(infos, ENTRIES.values(), strict=True):
+                self._expect(info, kind)
         except UsageError:
             raise
         except (OSError, pa.ArrowException, AssertionError) as err:
@@ -124,13 +134,19 @@ class RunStore:
         path = self.root
         while True:
             info = self.fs.get_file_info(path)
-            if info.type == pafs.FileType.File:
-                raise UsageError(f"results location {self.uri!r} is unusable: {path!r} is a file, not a directory")
-            if info.type == pafs.FileType.Directory:
+            if info.type != pafs.FileType.NotFound:
+                self._expect(info, pafs.FileType.Directory)
                 if not os.access(path, os.W_OK | os.X_OK):
                     raise UsageError(f"results location {self.uri!r} is unusable: {path!r} is not writable")
                 return
             path = os.path.dirname(path)
+
+    def _expect(self, info: pafs.FileInfo, kind: pafs.FileType) -> None:
+        """UsageError naming `info`'s path when it exists as anything but `kind` (a device where a folder goes)."""
+        if info.type not in (pafs.FileType.NotFound, kind):
+            where = info.path if self.fs.type_name == "local" else f"{self.fs.type_name}://{info.path}"
+            raise UsageError(f"results location {self.uri!r} is unusable: {where!r} is {KINDS[info.type]}, not "
+                             f"{KINDS[kind]}")  # fmt: skip
 
     def probe_readable(self) -> None:
         """UsageError unless this is a run directory whose grid.json can be read (status, results, report)."""

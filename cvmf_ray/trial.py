@@ -108,9 +108,14 @@ def _run_cell(cell, store, loader, run: RunSettings, reporter) -> dict:
     from cvmf_ray.cells import CellSettings, execute_cell
 
     context = ray.get_runtime_context()
-    placement = {"node_id": context.get_node_id(), "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    import torch
+
+    placement = {"node_id": context.get_node_id(), "pid": os.getpid(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                 "threads": torch.get_num_threads()}  # fmt: skip
     settings = CellSettings(run.data_root, trial_device(), run.checkpoint_every, run.compile, placement)
     hooks = training_hooks(cell.key, store, reporter) if cell.stage == "train" else {}
+    if cell.stage in ("train", "unlearn"):
+        hooks["meter"] = progress_meter(cell.key, reporter)
     artifact = execute_cell(cell, loader, settings, **hooks)
     meta = store.save_artifact(cell.key, artifact.meta, artifact.tensor_file, artifact.blob)
     if cell.stage == "train":
@@ -138,7 +143,7 @@ def _done_event(cell, meta: dict) -> dict:
 
 
 def training_hooks(key: str, store, reporter) -> dict:
-    """`resume` from the newest readable epoch checkpoint, and `on_epoch` that saves and reports each epoch.
+    """`resume` from the newest readable epoch checkpoint, and `on_epoch` that saves each epoch's checkpoint.
 
     An unreadable checkpoint (torn by a crash, overwritten) is reported once, deleted, and the one before it
     is tried; with none readable the cell trains from scratch. Nothing is unpickled: weights_only=True.
@@ -163,9 +168,15 @@ def training_hooks(key: str, store, reporter) -> dict:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         store.save_checkpoint(key, epoch, buffer.getvalue())
-        reporter.add({"key": key, "status": "epoch", "epoch": epoch}, now=True)
 
     return {"resume": resume, "on_epoch": on_epoch}
+
+
+def progress_meter(key: str, reporter):
+    """A meter whose readings (epochs done of the total, images per second) reach the driver's progress line."""
+    from cvmf_ray.meter import Meter
+
+    return Meter(send=lambda reading: reporter.add({"key": key, "status": "progress", **reading}, now=True))
 
 
 # ---------------------------------------------------------------- inputs and the node-local cache
@@ -282,7 +293,7 @@ def trial_device() -> str:
 
 
 def _use_trial_cpus() -> None:
-    """As many torch threads as CPUs the trial holds: numbers then do not depend on where a cell ran."""
+    """As many torch threads as CPUs the trial holds: one, or a wide trial's share of idle cores (runner.py)."""
     import torch
 
     bundle = tune.get_context().get_trial_resources().required_resources

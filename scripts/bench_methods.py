@@ -27,7 +27,7 @@ from cvmf_ray.config import load_config
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks
 from cvmf_ray.methods import METHODS
-from cvmf_ray.models import create_model
+from cvmf_ray.models import create_model, model_info
 from cvmf_ray.schema import GAP_METRICS
 from cvmf_ray.stages import evaluate, train, unlearn
 
@@ -78,7 +78,16 @@ def main() -> None:
         entry = METHODS.get(name)
         if entry.fn is not None:
             hparams = entry.resolve_params({}, None, "digits")
-            _, rows[name] = timed(unlearn, copy.deepcopy(original), data, forget, name, hparams, seed=args.seed)
+            _, rows[name] = timed(
+                unlearn,
+                copy.deepcopy(original),
+                data,
+                forget,
+                name,
+                hparams,
+                seed=args.seed,
+                last_block=model_info("small_cnn").last_block,
+            )  # what CF-k / EU-k train
 
     gold = rows["retrain"]
     with_mia = all(r.get("mia_efficacy") is not None for r in rows.values())

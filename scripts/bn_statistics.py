@@ -5,7 +5,7 @@
 For each fp32 row of the method, on the forget set's training images: the unlearnt model's accuracy, and the
 same model with the original's BatchNorm running statistics put back (every learnt parameter, BatchNorm's
 affine included, stays unlearnt). If forgetting vanishes with the statistics put back, the method forgot
-through the statistics, which no weight quantizer touches (README: shallow forgetting).
+through the statistics, which no weight quantizer touches (docs/studies.md: shallow forgetting).
 """
 
 import argparse

@@ -5,7 +5,7 @@
 forget = forget-train accuracy; recov = its change from the fp32 parent; ratio = quant_update_ratio (share of
 the unlearning update the quantizer keeps); snap = quant_snapped_back; upd/step = quant_update_to_step;
 JS = js_to_retrain_forget_train; PS = privacy_score; F = forgetting_quality (over seeds); relearn =
-relearn_steps. README: "Evidence that sees shallow forgetting".
+relearn_steps. docs/user-guide.md: "Evidence that sees shallow forgetting".
 """
 
 import argparse

@@ -142,7 +142,7 @@ def test_loads_through_torchvision(name, tmp_path, monkeypatch):
     spec = DATASETS.get(name)
     spec.check_available(tmp_path)  # files present and intact: no download attempted (the network is off)
     checks = spec.verify(tmp_path).summary()
-    assert "md5 matches" in checks if name != "mnist" else "no md5 (none is published" in checks
+    assert "md5 matches" in checks if name != "mnist" else MNIST_WITHOUT_DOWNLOADS in checks
     data = spec.load_data(tmp_path)
 
     for got, want in zip((data.train_x, data.train_y, data.test_x, data.test_y), expected, strict=True):
@@ -242,18 +242,35 @@ def test_mnist_unpacked_files_are_checked_against_their_verified_downloads(tmp_p
     monkeypatch.setattr(tv.MNIST, "resources", resources)
     spec = DATASETS.get("mnist")
 
-    states = {state.path.name: state.detail for state in spec.verify(tmp_path).files}
-    assert (
-        "equal to the unpacked train-images-idx3-ubyte.gz, whose md5 matches torchvision's"
-        in states["train-images-idx3-ubyte"]
-    )
-    assert "no md5 (none is published for the unpacked file" in states["t10k-labels-idx1-ubyte"]
+    report = spec.verify(tmp_path)
+    states = {state.path.name: state.passed for state in report.files}
+    verified = "equal to their unpacked .gz downloads, whose md5 matches torchvision's table's"
+    assert states["train-images-idx3-ubyte"] == (IDX_CHECKED, verified)
+    assert states["t10k-labels-idx1-ubyte"] == (IDX_CHECKED, UNVERIFIED)
+    assert report.summary() == f"4 files: {IDX_CHECKED}; 3 of 4: {verified}; 1 of 4: {UNVERIFIED}"
 
     pixels = bytearray((raw / "train-images-idx3-ubyte").read_bytes())
     pixels[100] ^= 0x01  # one pixel: the structure still checks out, the contents do not
     (raw / "train-images-idx3-ubyte").write_bytes(bytes(pixels))
     with pytest.raises(UsageError, match="train-images-idx3-ubyte: differs from the contents of train-images"):
         spec.check_available(tmp_path)
+
+
+IDX_CHECKED = "IDX header, count and size"
+UNVERIFIED = "no md5 check (none is published for the unpacked files, and no .gz download lies beside them)"
+MNIST_WITHOUT_DOWNLOADS = f"4 files: {IDX_CHECKED}; {UNVERIFIED}"
+
+
+def test_the_data_report_says_each_dataset_in_one_clean_sentence(tmp_path, monkeypatch, cli):
+    """Before: MNIST's per-file words were split at their own '; ' and run together, a fragment per file."""
+    write_mnist_family(tmp_path, "mnist", monkeypatch)
+    write_mnist_family(tmp_path, "fashionmnist", monkeypatch)
+    code, out, err = cli("data", "--data-root", tmp_path)
+    assert (code, err) == (0, "")
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert lines["mnist"] == f"{'mnist':13}{'present':9}{MNIST_WITHOUT_DOWNLOADS}"
+    fashion = f"4 files: {IDX_CHECKED}; md5 matches the original Fashion-MNIST release's"
+    assert lines["fashionmnist"] == f"{'fashionmnist':13}{'present':9}{fashion}"
 
 
 def test_the_data_report_names_every_dataset(tmp_path, cli):

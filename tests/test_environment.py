@@ -81,6 +81,8 @@ def cases(tmp: Path, not_ray: str, strict_s3: str) -> list:
     bogus = {**S3_ENV, "AWS_ACCESS_KEY_ID": "nobody", "AWS_SECRET_ACCESS_KEY": "nothing"}
     out = ["--results-dir", str(tmp / "out")]
     (tmp / "a_file").write_text("not a folder")
+    (tmp / "runs" / "empty").mkdir(parents=True)
+    refused = ["grid", "--gpus", "0", "--gpus-per-trial", "0.5", "--methods", "original", "--quant", "fp32"]
     return [
         (["grid", "--address", f"127.0.0.1:{free_port()}", *out], {}, "cannot join the Ray cluster at '127.0.0.1:", 30),
         (["grid", "--address", not_ray, *out], {}, f"cannot join the Ray cluster at '{not_ray}'", 30),
@@ -97,6 +99,10 @@ def cases(tmp: Path, not_ray: str, strict_s3: str) -> list:
         (["grid", "--methods", "exits_at_import:fn", *out], {"PYTHONPATH": str(tmp)},
          "cannot import module 'exits_at_import' for method 'exits_at_import:fn': it calls sys.exit(0)", 15),
         (["grid", "--cpus", str((os.cpu_count() or 1) + 64), *out], {}, "asks for more CPUs than this machine has", 15),
+        # refused once Ray is up, after the lock made the run directory: what this invocation made is removed
+        # (out/ and out/default), a run directory that existed before (runs/empty) is kept
+        ([*refused, *out], {}, "--gpus-per-trial 0.5 cannot be satisfied: the largest node has 0 GPU(s)", 60),
+        ([*refused, "--results-dir", str(tmp / "runs"), "--name", "empty"], {}, "--gpus-per-trial 0.5", 60),
         (["grid", "--name", "", *out], {}, "--name", 15),
         (["status", str(damaged_run(tmp / "runs", "grid"))], {}, "grid.json is damaged", 15),
         (["report", str(tmp / "runs" / "grid")], {}, "grid.json is damaged", 15),

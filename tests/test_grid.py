@@ -26,7 +26,7 @@ def test_default_grid_shares_prefixes():
     grid = expand_grid(load_config())
     counts = grid.to_json()["counts"]
     # 1 original + 1 retrain; 3 methods; 5 fp32 models x 3 other modes; 5 models x 4 modes evaluated
-    assert counts == {"train": 2, "unlearn": 3, "quantize": 15, "evaluate": 20, "compare": 20}
+    assert counts == {"train": 2, "unlearn": 3, "reestimate": 0, "quantize": 15, "evaluate": 20, "compare": 20}
     original = next(c for c in grid.stage("train") if c.params["exclude"] is None)
     assert {c.parent for c in grid.stage("unlearn")} == {original.key}
     assert expand_grid(load_config()).cells.keys() == grid.cells.keys()  # keys are content hashes: stable
@@ -93,7 +93,7 @@ DIGITS_METHODS = {
 def test_digits_resolves_its_own_values_as_before():
     recipe, hparams = resolved()
     assert recipe == DIGITS_RECIPE
-    assert hparams == DIGITS_METHODS
+    assert {method: hparams[method] for method in DIGITS_METHODS} == DIGITS_METHODS  # the methods older studies ran
     assert load_config().recipe_for("digits").model_dump(exclude={"checkpoint_every", "compile"}) == DIGITS_RECIPE
 
 
@@ -210,6 +210,8 @@ def test_every_malformed_input_exits_2_with_one_line_naming_the_value(cli, tmp_p
         (["grid", "--config", tmp_path / "missing.yaml"], "does not exist"),
         # types
         (["grid", "--epochs", "three"], "(got 'three')"),
+        (["grid", "--epochs", "3", "--epochs", "1e9"], "(got '1e9')"),  # the last one given counts: it failed
+        (["grid", "--epochs=1e9", "--epochs", "3", "--epochs=x"], "(got 'x')"),
         (["grid", "--seeds", "0,a"], "invalid value 'a' for --seeds: Input should be a valid integer"),
         (["grid", "--forget-classes", "0,x"], "invalid value 'x' for --forget-classes"),
         (["grid", "--method-params", "finetune.lr=fast"], "bad value 'fast' for finetune.lr"),
@@ -245,8 +247,16 @@ def test_every_malformed_input_exits_2_with_one_line_naming_the_value(cli, tmp_p
         (["grid", "--name", "a/b", *out_dir], "invalid value 'a/b' for --name"),
         (["grid", "--name", "..", *out_dir], "invalid value '..' for --name"),
         (["grid", "--name", "", *out_dir], "invalid value '' for --name"),
+        # ... that the filesystem takes: at most NAME_MAX bytes (UTF-8, not characters), no control character
+        (["grid", "--name", "a" * 256, *out_dir], f"invalid value '{'a' * 256}' for --name: a run name is one"),
+        (["grid", "--name", "é" * 128, *out_dir], "bytes in UTF-8"),  # 128 characters, 256 bytes
+        (["grid", "--name", "two\nlines", *out_dir], "invalid value 'two\\nlines' for --name"),
+        (["grid", "--name", "tab\there", *out_dir], "invalid value 'tab\\there' for --name"),
+        (["grid", "--name", "del\x7f", *out_dir], "invalid value 'del\\x7f' for --name"),
+        (["grid", "--name", "\udcff", *out_dir], "invalid value '\\udcff' for --name"),  # argv's undecodable byte
         # paths and conflicting flags
         (["grid", "--results-dir", a_file], "is a file, not a directory"),
+        (["grid", "--results-dir", "/dev/null"], "'/dev/null' is a special file (a device, socket or pipe), not a"),
         (["grid", "--results-dir", tmp_path / "runs", "--name", "done", "--no-resume"], "--no-resume"),
         (["grid", "--address", "127.0.0.1:1", "--gpus", "1"], "--gpus/--cpus size a local Ray instance"),
         (["status", tmp_path / "nothing"], "is not a cvmf-ray run directory"),
@@ -259,6 +269,26 @@ def test_every_malformed_input_exits_2_with_one_line_naming_the_value(cli, tmp_p
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out, (args, err)
         assert "internal error" not in err, (args, err)
     assert set(tmp_path.rglob("*")) == before  # no bad invocation wrote anything
+
+
+@pytest.mark.parametrize(
+    "entry, kind",
+    [("grid.json", "file"), ("results.parquet", "file"), ("lock.json", "file"), ("artifacts", "directory"),
+     ("evaluations", "directory"), ("failures", "directory"), ("checkpoints", "directory"), ("tune", "directory")],
+)  # fmt: skip
+def test_a_run_directory_entry_of_the_wrong_kind_is_refused_before_ray_starts(cli, tmp_path, monkeypatch, entry, kind):
+    from cvmf_ray import driver
+
+    monkeypatch.setattr(driver, "connect", lambda *args: pytest.fail("Ray was started"))
+    wrong = tmp_path / "default" / entry
+    wrong.parent.mkdir()
+    wrong.mkdir() if kind == "file" else wrong.write_text("")
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    code, out, err = cli("grid", "--results-dir", tmp_path, "--methods", "original", "--quant", "fp32", "--epochs", 1)
+    assert code == 2, (out, err)
+    other = "directory" if kind == "file" else "file"
+    assert err == f"error: results location '{wrong.parent}' is unusable: '{wrong}' is a {other}, not a {kind}\n"
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # no lock, no grid.json
 
 
 def test_grid_help_documents_the_exit_codes(cli):

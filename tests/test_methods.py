@@ -20,11 +20,13 @@ from cvmf_ray.errors import CellError, UsageError
 from cvmf_ray.forget import ForgetSpec, split_data
 from cvmf_ray.methods import METHODS, resolve_method
 from cvmf_ray.methods.salun import masked_sgd
+from cvmf_ray.models import model_info
 from cvmf_ray.stages import unlearn
 from cvmf_ray.stages.evaluate import predict
 from tests.conftest import train_small_cnn
 
 FORGET = ForgetSpec("class", 0)
+LAST_BLOCK = model_info("small_cnn").last_block  # what CF-k and EU-k train, as the cell passes it
 UNLEARNING = [n for n in METHODS.names() if METHODS.get(n).fn is not None]
 BOUNDS = (0.05, 0.97, 0.94)  # max forget-train, min retain-train, min retain-test accuracy
 LOOSER = {"gradient_ascent": (0.15, 0.93, 0.88), "boundary_expanding": (0.25, 0.95, 0.93)}
@@ -45,7 +47,7 @@ def original(digits):
 
 def run(original, digits, method: str, overrides: dict | None = None):
     hparams = resolve_method(method).resolve_params(overrides or {}, None, "digits")
-    model, metrics = unlearn(copy.deepcopy(original), digits, FORGET, method, hparams, seed=0)
+    model, metrics = unlearn(copy.deepcopy(original), digits, FORGET, method, hparams, seed=0, last_block=LAST_BLOCK)
     return model, metrics
 
 
@@ -62,7 +64,7 @@ def accuracies(model, digits, forget: ForgetSpec = FORGET) -> dict:
 
 def test_registry_has_every_contract_method():
     contract = "original retrain finetune gradient_ascent neggrad_plus random_label boundary_shrink"
-    contract += " boundary_expanding l1_sparse salun scrub bad_teacher unsir"
+    contract += " boundary_expanding l1_sparse salun scrub bad_teacher unsir ssd lfssd fisher influence cf_k eu_k"
     assert METHODS.names() == sorted(contract.split())
 
 
@@ -84,11 +86,13 @@ def test_method_forgets_and_keeps_the_rest(original, digits, method):
 
 
 def test_random_sample_forgetting_runs_every_method(original, digits):
-    """The other scenario (10% random forget set), one epoch each: every method keeps the model useful."""
+    """The other scenario (10% random forget set), one epoch each: every method keeps the model useful. EU-k runs
+    its whole schedule: one epoch cannot retrain the block it re-initialised."""
     forget = ForgetSpec("fraction", 0.1)
     for method in UNLEARNING:
-        hparams = resolve_method(method).resolve_params({}, 1, "digits")  # as `--unlearn-epochs 1`
-        model, _ = unlearn(copy.deepcopy(original), digits, forget, method, hparams, seed=0)
+        epochs = None if method == "eu_k" else 1  # as `--unlearn-epochs 1`
+        hparams = resolve_method(method).resolve_params({}, epochs, "digits")
+        model, _ = unlearn(copy.deepcopy(original), digits, forget, method, hparams, seed=0, last_block=LAST_BLOCK)
         acc = accuracies(model, digits, forget)
         assert acc["retain_train"] >= 0.95 and acc["test"] >= 0.95, (method, acc)
 

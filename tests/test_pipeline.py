@@ -9,6 +9,7 @@ import textwrap
 
 import pyarrow.parquet as pq
 
+from cvmf_ray import runner
 from cvmf_ray.schema import OWN_COLUMNS
 from tests.conftest import FAST, comparable, kill_session, metas, start_driver, wait_for
 
@@ -135,3 +136,48 @@ def test_a_run_killed_midway_resumes_to_the_same_table(default_run, tmp_path, cl
     after = metas(results / "default")
     assert all(after[key] == meta for key, meta in finished_before.items())  # nothing finished was recomputed
     assert comparable(results / "default/results.parquet") == comparable(default_run / "results.parquet")
+
+
+def test_a_lone_training_takes_every_core_and_trainings_side_by_side_share_them(tmp_path, cli, monkeypatch):
+    """Every core busy (runner.DagSearcher._cpus_for). Digits' trainings are too short to pay for a fresh process
+    (runner.WIDE_MIN_WORK), so the test lowers that bar: it checks the rule, not digits' size."""
+    monkeypatch.setattr(runner, "WIDE_MIN_WORK", 0)
+    cores = os.cpu_count()
+    alone = ["--methods", "original", "--quant", "fp32", "--epochs", "2", "--results-dir", tmp_path]
+    assert cli("grid", *alone, "--name", "alone")[0] == 0
+    assert cli("grid", *alone, "--name", "capped", "--cpus", "1")[0] == 0  # --cpus stays an upper bound
+    assert cli("grid", *alone, "--name", "pair", "--methods", "original,retrain")[0] == 0
+
+    def threads(name: str) -> list[int]:
+        return sorted(m["placement"]["threads"] for m in metas(tmp_path / name).values() if m["stage"] == "train")
+
+    assert threads("alone") == [cores]
+    assert threads("capped") == [1]
+    assert threads("pair") == [max(1, cores // 2)] * 2  # two ready at once: each its half, never more than all
+    evaluation = [m["placement"]["threads"] for m in metas(tmp_path / "alone").values() if m["stage"] == "evaluate"]
+    assert evaluation == [cores]  # the lone evaluation after it too: the training's cores are free again
+
+
+def test_bn_steps_and_controls_through_the_grid_and_a_model_without_batchnorm_says_they_do_not_apply(tmp_path, cli):
+    code, out, err = cli(
+        "grid", "--results-dir", tmp_path, "--models", "small_cnn,small_cnn_gn", "--methods",
+        "original,retrain,gradient_ascent", "--quant", "fp32,int8", "--bn-reestimate", "none,retain",
+        "--unlearn-bn", "train,frozen", *FAST,
+    )  # fmt: skip
+    assert code == 0, out + err
+    rows = pq.read_table(tmp_path / "default/results.parquet").to_pylist()
+    by = {(r["model"], r["method"], r["unlearn_bn"], r["bn_reestimate"], r["quant"]): r for r in rows}
+    skipped = [r for r in rows if r["status"] == "not_applicable"]
+    assert {r["model"] for r in skipped} == {"small_cnn_gn"} and all("no BatchNorm" in r["error"] for r in skipped)
+    assert len(skipped) == 3 * 2 + 2 * 2  # retain for 3 models x 2 modes; GA frozen x (none, retain) x 2 modes
+    assert all(r["status"] == "ok" for r in rows if r["status"] != "not_applicable")
+    step = by["small_cnn", "gradient_ascent", "train", "retain", "fp32"]
+    assert (step["bn_reestimate_batches"], step["bn_reestimate_batch_size"]) == (100, 64)  # digits trains in 64s
+    assert step["recovery_forget_train_accuracy"] > 0.5  # the statistics held the forgetting: it comes back
+    frozen = by["small_cnn", "gradient_ascent", "frozen", "none", "fp32"]
+    assert json.loads(frozen["method_params"])["unlearn_bn"] == "frozen"
+    assert by["small_cnn_gn", "gradient_ascent", "train", "none", "int8"]["status"] == "ok"
+    code, out, err = cli("report", tmp_path / "default")
+    assert code == 0, err
+    html = (tmp_path / "default/report/report.html").read_text()
+    assert "int8 + BN re-est. retain" in html and "gradient_ascent (BN frozen)" in html

@@ -6,6 +6,7 @@ mean = base, std = DELTA * sqrt(n / (n - 1)) and the 95% half-width = t(0.975, n
 
 import math
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -14,7 +15,7 @@ from cvmf_ray.quant import QUANT_MODES
 from cvmf_ray.report import aggregate, format_aggregate, format_rows
 from cvmf_ray.report.figures import by_width
 from cvmf_ray.report.frame import to_frame
-from cvmf_ray.report.stats import estimate, excludes_zero, ranking
+from cvmf_ray.report.stats import estimate, excludes_zero, metric_range, ranking
 from tests.synthetic import (
     BITS,
     DELTA,
@@ -169,3 +170,55 @@ def test_a_group_level_comparison_counts_once_per_group_not_once_per_seed():
     stats = aggregate(pd.DataFrame(rows)).set_index("metric")
     assert stats.loc["forgetting_quality", "n"] == 1 and math.isnan(stats.loc["forgetting_quality", "ci_low"])
     assert stats.loc["privacy_score", "n"] == 3  # a per-row comparison: one value per seed
+
+
+BOUNDED = ("test_accuracy", "forget_train_f1", "mia_forget_auc", "mia_efficacy", "privacy_score")
+
+
+def bounded_groups(values: list[list[float]]) -> pd.DataFrame:
+    """One group (method g0, g1, ...) per list: each value in every metric of BOUNDED, as a recovery in [-1, 1]
+    and as a loss."""
+    rows = [
+        {"model": "m", "dataset": "d", "method": f"g{g}", "quant": "fp32", "status": "ok", "seed": i}
+        | dict.fromkeys(BOUNDED, v)
+        | {"recovery_forget_train_accuracy": 2 * v - 1, "retain_test_loss": v / 10}
+        for g, group in enumerate(values)
+        for i, v in enumerate(group)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_intervals_of_bounded_metrics_stay_in_their_range():
+    """Before: accuracies near 1 got t-intervals past 1.0 (and near 0 below 0); now they are clipped there."""
+    groups = [[1.0, 1.0, 0.9], [0.0, 0.0, 0.1], [1.0, 0.2], [0.995, 1.0, 1.0, 0.98, 1.0], [0.5, 0.52, 0.48]]
+    stats = aggregate(bounded_groups(groups))
+    for metric, rows in stats.groupby("metric", observed=True):
+        low, high = metric_range(str(metric))
+        assert (rows["ci_low"] >= low).all() and (rows["ci_high"] <= high).all(), metric
+        assert (rows["ci_low"] <= rows["mean"]).all() and (rows["mean"] <= rows["ci_high"]).all()
+    accuracy = stats[stats["metric"] == "test_accuracy"].set_index("method")
+    assert accuracy.loc["g0", "ci_high"] == 1.0 and accuracy.loc["g1", "ci_low"] == 0.0  # cut at the bounds ...
+    assert accuracy.loc["g2", ["ci_low", "ci_high"]].tolist() == [0.0, 1.0]  # ... on both sides at once
+    inside = accuracy.loc["g4"]  # far from the bounds: the t-interval, unchanged
+    half = inside["ci_high"] - inside["mean"]
+    assert half > 0 and inside["mean"] - inside["ci_low"] == pytest.approx(half)
+    recovery = stats[stats["metric"] == "recovery_forget_train_accuracy"]
+    assert recovery["ci_high"].max() == 1.0 and recovery["ci_low"].min() == -1.0  # a difference of shares
+    assert (stats.loc[stats["metric"] == "retain_test_loss", "ci_low"] >= 0).all()  # a loss: bounded below only
+
+
+def test_a_clipped_interval_is_shown_as_its_bounds_not_a_half_width():
+    stats = aggregate(bounded_groups([[1.0, 1.0, 0.9]])).set_index("metric")
+    row = stats.loc["test_accuracy"]
+    assert estimate(row["mean"], row["ci_low"], row["ci_high"], row["n"]) == f"0.967 [{row['ci_low']:.3f}, 1.000]"
+    text = format_aggregate(stats.reset_index())
+    assert "[" in text.splitlines()[2] and "clipped to the metric's range ([0, 1]" in text.splitlines()[-1]
+
+
+def test_metric_ranges():
+    assert metric_range("test_accuracy") == metric_range("mia_forget_auc") == metric_range("forget_test_f1") == (0, 1)
+    assert metric_range("mia_efficacy") == metric_range("gap_to_retrain") == (0, 1)
+    assert metric_range("recovery_mia_efficacy") == (-1, 1)
+    assert metric_range("train_seconds") == metric_range("kl_to_retrain_test") == (0, math.inf)
+    assert metric_range("relearn_steps") == metric_range("speedup_over_retrain") == (0, math.inf)
+    assert metric_range("quant_update_ratio") == (-math.inf, math.inf)

@@ -1,6 +1,7 @@
 """`write_report`: report.html, figures and tables from a real run of the embedded default, from the synthetic
 10,000-row table, and from partial and failing runs; the page as headless Chromium shows it."""
 
+import json
 import re
 from pathlib import Path
 
@@ -10,8 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from cvmf_ray.config import load_config
+from cvmf_ray.grid import expand_grid
 from cvmf_ray.report import aggregate, format_rows, write_report
 from cvmf_ray.report.figures import PLOTS
+from cvmf_ray.results import run_info
+from cvmf_ray.schema import RUN_METADATA
 from tests.chromium import open_page
 from tests.synthetic import synthetic_table
 
@@ -41,6 +46,13 @@ def assert_self_contained(page: str) -> None:
     assert not re.findall(r'(?:src|href)="(?!data:)', page)
 
 
+def recipe_rows(page: str) -> dict[str, list[str]]:
+    """The page's table of training recipes: {dataset: its cells}, and the header as "dataset"."""
+    table = page.split("<h3>Training recipe per dataset</h3>", 1)[1].split("</table>", 1)[0]
+    rows = [re.findall(r"<t[hd]>(.*?)</t[hd]>", row) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)]
+    return {row[0]: row[1:] for row in rows}
+
+
 def test_a_real_run_gets_every_figure_its_table_supports(real_report):
     table, out = real_report
     page = (out / "report.html").read_text()
@@ -59,6 +71,9 @@ def test_a_real_run_gets_every_figure_its_table_supports(real_report):
         assert "not drawn, needs class-wise forgetting and the per-class column test_class_accuracy" in page
     assert page.count("<figcaption>") == len(drawn)
     assert f"{table.num_rows} evaluated models" in page
+    recipes = recipe_rows(page)
+    digits = dict(zip(recipes["dataset"], recipes["digits"], strict=True))
+    assert (digits["epochs"], digits["lr"]) == ("6", "0.05")  # --epochs 6 over digits' own recipe, not 200 / 0.1
 
 
 def test_a_real_run_of_one_seed_shows_n_1_and_no_interval(real_report):
@@ -142,6 +157,38 @@ def test_a_rerun_report_leaves_nothing_of_the_earlier_one(tmp_path):
     files = write_report(ok, tmp_path)  # the failures were rerun; and this time fp32 only
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(files)
     assert not (tmp_path / "tables" / "failed.csv").exists()
+
+
+@pytest.mark.parametrize("epochs", [None, 6])
+def test_the_page_shows_the_recipe_each_dataset_trained_with(epochs, tmp_path):
+    """Before: the grid's `train` block, the built-in recipe (200 epochs, lr 0.1), for a digits run, which trains
+    with digits' own (30 epochs, lr 0.05). Now each dataset's recipe, the very one its train cells got."""
+    config = load_config(datasets="digits,fashionmnist", epochs=epochs)
+    grid = expand_grid(config)
+    info = run_info(config, grid, {}, 0.0, 1.0)
+    write_report(synthetic_table().slice(0, 200).replace_schema_metadata({RUN_METADATA: json.dumps(info)}), tmp_path)
+    page = (tmp_path / "report.html").read_text()
+
+    rows = recipe_rows(page)
+    fields = rows.pop("dataset")
+    assert list(rows) == ["digits", "fashionmnist"]
+    for cell in grid.stage("train"):  # what was trained (less what does not change the numbers) is what is shown
+        shown = dict(zip(fields, rows[cell.params["dataset"]], strict=True))
+        assert {k: shown[k] for k in cell.params["recipe"]} == {
+            k: "none" if v is None else str(v) for k, v in cell.params["recipe"].items()
+        }
+    digits, fashion = (dict(zip(fields, rows[d], strict=True)) for d in ("digits", "fashionmnist"))
+    assert (digits["epochs"], digits["lr"], digits["flip"]) == (str(epochs or 30), "0.05", "False")
+    assert (fashion["epochs"], fashion["lr"], fashion["grad_clip"]) == (str(epochs or 200), "0.1", "0.5")
+    assert "<th>train</th>" not in page and "<th>epochs</th><td>" not in page  # the unresolved block is gone
+
+
+def test_a_run_that_recorded_no_recipes_says_so(tmp_path):
+    info = {"grid": {"name": "old", "datasets": ["digits"], "train": {"epochs": 200, "lr": 0.1}}}
+    write_report(synthetic_table().slice(0, 200).replace_schema_metadata({RUN_METADATA: json.dumps(info)}), tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "Training recipe per dataset" not in page
+    assert "records no resolved training recipe: the grid&#x27;s train is the built-in one" in page
 
 
 @pytest.mark.parametrize("report", ["real_report", "synthetic_report"])

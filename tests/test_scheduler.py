@@ -130,8 +130,8 @@ def test_a_cell_whose_trial_tune_gave_up_on_runs_once_more_unless_it_raised():
     scheduler = Scheduler(grid_of(), set())
     notes, failures = [], {}
     searcher = SimpleNamespace(
-        scheduler=scheduler, live={}, started=set(), retry_errors={}, reruns=Counter(),
-        progress=SimpleNamespace(note=notes.append, cell_failed=lambda cell, reason: None),
+        scheduler=scheduler, live={}, started=set(), held={}, retry_errors={}, reruns=Counter(),
+        progress=SimpleNamespace(note=notes.append, cell_failed=lambda cell, reason: None, cell_stopped=len),
         store=SimpleNamespace(save_failure=failures.__setitem__),
     )  # fmt: skip
 
@@ -148,3 +148,17 @@ def test_a_cell_whose_trial_tune_gave_up_on_runs_once_more_unless_it_raised():
     searcher.retry_errors[retrain.key] = "ValueError: boom"  # it raised: no new trial
     tune_gives_up(retrain)
     assert scheduler.state[retrain.key] == FAILED and failures[retrain.key] == "ValueError: boom"
+
+
+def test_a_long_cell_shows_its_epochs_and_speed_on_one_line_and_the_eta_counts_them():
+    scheduler = Scheduler(grid_of(methods="original", quant="fp32"), set())
+    (original,) = scheduler.next_batch(max_cells=1)
+    searcher = SimpleNamespace(scheduler=scheduler, live={"trial": [original.key]}, started={"trial"})
+    work = lambda: (scheduler.cost_done, scheduler.cost_left)  # noqa: E731
+    progress = Progress(lambda: DagSearcher.counts(searcher), work, verbose=False, log=print, live=False)
+    assert "train 0/1 (1 running)" in progress.summary() and "ETA" not in progress.summary()  # nothing done yet
+    progress.cell_progress(original, {"epoch": 7.5, "epochs": 30, "images_per_s": 3120.4})
+    line = progress.summary()
+    assert "train 0/1 (1 running: epoch 7.5/30, 3,120 img/s)" in line and " · ETA " in line and "\n" not in line
+    progress.cell_stopped(original.key)  # its trial ended: the reading no longer describes work
+    assert "epoch" not in progress.summary()

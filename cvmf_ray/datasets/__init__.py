@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +62,13 @@ class DataReport:
                 return self.advice
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             return f"incomplete, no {missing[0]}{more}: {self.advice}"
-        checks = dict.fromkeys(part for f in self.files for part in f.detail.split("; "))  # in order, once each
-        return f"{len(self.files)} files: " + "; ".join(checks)
+        return f"{len(self.files)} files: " + "; ".join(self._checks())
+
+    def _checks(self) -> list[str]:
+        """Each check's words once, in order; prefixed with how many files where not every file passed it."""
+        counts = Counter(words for f in self.files for words in f.passed)
+        n = len(self.files)
+        return [words if k == n else f"{k} of {n}: {words}" for words, k in counts.items()]
 
     def defect(self) -> str:
         bad = next(f for f in self.files if f.state != "ok")

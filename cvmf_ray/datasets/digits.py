@@ -22,7 +22,7 @@ TEST_FRACTION = 0.25
 
 # small_cnn reaches 100% train accuracy with it (tests/test_methods.py); no crop or flip (8 px leave nothing to
 # crop, and a mirrored 2 is no 2); bf16 autocast where the CPU computes bf16 natively, 1.5x faster than fp32 on
-# this project's CPUs (BENCHMARKS.md, the default grid's wall time). The README's digits studies pin fp32 in
+# this project's CPUs (BENCHMARKS.md, the default grid's wall time). The digits studies (docs/studies.md) pin fp32 in
 # their configs (`train: {bf16: false}`), the precision they were computed in.
 TRAIN_RECIPE = {"epochs": 30, "batch_size": 64, "lr": 0.05, "crop_padding": 0, "flip": False, "bf16": True}
 # what each method changes on digits, where an epoch is ~20x fewer steps than on CIFAR (see each docstring)
@@ -37,6 +37,11 @@ METHOD_DEFAULTS = {
     "scrub": {"msteps": 1},
     "bad_teacher": {"epochs": 10, "lr": 1e-3},
     "unsir": {"batch_size": 32, "noise_batch": 32, "impair_lr": 0.005, "repair_lr": 0.0025},
+    "ssd": {"alpha": 4.0, "batch_size": 1},
+    "lfssd": {"alpha": 4.0, "batch_size": 1},
+    "influence": {"alpha": 10.0},
+    "cf_k": {"lr": 0.05, "batch_size": 8},
+    "eu_k": {"batch_size": 8},
 }
 
 

@@ -3,7 +3,9 @@
 torchvision only checks that the MNIST family's files exist; a damaged IDX file then fails deep inside
 its parser (an AssertionError), and a labels file one short of its images loads silently. So every file a
 grid will read is opened here and checked against what the dataset must be, and a defect is one line
-naming the file. Which check a file gets depends on what is published for it:
+naming the file. What a check verified is worded for any file that passes it, without naming one: `cvmf-ray
+data` says it once for all of a dataset's files (`DataReport.summary`). Which check a file gets depends on what
+is published for it:
 
 - IDX files (MNIST, Fashion-MNIST): magic number, dimensions, sample count, exact size and labels
   within the classes, always; then the md5 of the unpacked file where one is published (Fashion-MNIST),
@@ -31,7 +33,7 @@ class Damaged(Exception):
     """A file that is there but is not what the dataset needs; the message says how."""
 
 
-Check = Callable[[Path], str]  # returns what it verified; raises Damaged
+Check = Callable[[Path], str]  # returns what it verified (the same words for every file it passes); raises Damaged
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class DataFile:
 class FileState:
     path: Path
     state: Literal["ok", "missing", "damaged"]
-    detail: str  # what was verified (ok) or the defect (damaged)
+    detail: str = ""  # the defect (damaged)
+    passed: tuple[str, ...] = ()  # what each check verified (ok)
 
 
 def inspect(files: tuple[DataFile, ...]) -> list[FileState]:
@@ -52,16 +55,16 @@ def inspect(files: tuple[DataFile, ...]) -> list[FileState]:
     states = []
     for file in files:
         if not file.path.is_file():
-            states.append(FileState(file.path, "missing", ""))
+            states.append(FileState(file.path, "missing"))
             continue
         try:
-            done = [check(file.path) for check in file.checks]
+            passed = tuple(check(file.path) for check in file.checks)
         except Damaged as err:
             states.append(FileState(file.path, "damaged", str(err)))
         except OSError as err:  # unreadable: permissions, I/O error
             states.append(FileState(file.path, "damaged", f"cannot be read ({err.strerror or err})"))
         else:
-            states.append(FileState(file.path, "ok", "; ".join(done)))
+            states.append(FileState(file.path, "ok", passed=passed))
     return states
 
 
@@ -124,13 +127,13 @@ def unpacked_from(archive: Path, digest: str, source: str) -> Check:
 
     def check(path: Path) -> str:
         if not archive.is_file():
-            return f"no md5 (none is published for the unpacked file; {archive.name} is not beside it)"
+            return "no md5 check (none is published for the unpacked files, and no .gz download lies beside them)"
         if md5sum(archive) != digest:
-            return f"no md5 ({archive.name} beside it differs from {source}'s, so it cannot vouch for the file)"
+            return f"no md5 check (the .gz downloads beside them differ from {source}'s, so they cannot vouch for them)"
         with gzip.open(archive, "rb") as f:
             unpacked = hashlib.file_digest(f, "md5").hexdigest()
         if unpacked != md5sum(path):
             raise Damaged(f"differs from the contents of {archive.name}, whose md5 matches {source}'s")
-        return f"equal to the unpacked {archive.name}, whose md5 matches {source}'s"
+        return f"equal to their unpacked .gz downloads, whose md5 matches {source}'s"
 
     return check

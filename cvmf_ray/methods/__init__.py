@@ -12,7 +12,9 @@ The function gets the original model (train mode, on the device), the forget and
 instance of its dataclass; it returns the unlearnt model with the same architecture (often the same
 object). Methods run in train mode, as every reference implementation does: BatchNorm normalises with
 batch statistics and its running statistics follow the batches seen, which for forget-only batches
-(GA, Boundary Shrink/Expanding, SCRUB's max-step) is part of how those methods forget.
+(GA, Boundary Shrink/Expanding, SCRUB's max-step) is part of how those methods forget. The weight-only
+methods (SSD, LFSSD, Fisher, IU, CF-k, EU-k) switch to eval mode, as their references do, and leave every
+buffer as it was (`trains_bn=False`).
 
 The dataclass defaults are the published values, which every real dataset gets. A dataset whose scale
 they do not fit changes them in `DatasetSpec.method_defaults` (only `digits` does; each method's
@@ -36,18 +38,19 @@ import inspect
 import math
 import pkgutil
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pydantic
 
-from cvmf_ray.config import INT64
 from cvmf_ray.data import Augment, DeviceLoader
 from cvmf_ray.datasets import DATASETS
 from cvmf_ray.errors import UsageError
 from cvmf_ray.lazy import nn
+from cvmf_ray.meter import Meter
 from cvmf_ray.registry import Registry, load_plugin
+from cvmf_ray.values import INT64
 
 
 @dataclass
@@ -64,6 +67,12 @@ class UnlearnData:
     augment: Augment
     device: Any
     seed: int
+    meter: Meter = dataclasses.field(default_factory=Meter)  # epochs and images, for the progress line
+    last_block: tuple[str, ...] = ()  # parameter-name prefixes of the model's last block (`ModelInfo.last_block`)
+
+    def epochs(self, total: int) -> Iterator[int]:
+        """`range(total)` for a method's epoch loop, counted on the progress line (cvmf_ray/meter.py)."""
+        return self.meter.epochs(total)
 
     def loader(self, which: str, batch_size: int, augment: bool = True) -> DeviceLoader:
         """Batches of the `forget` or `retain` set, augmented like training unless `augment=False`."""
@@ -71,7 +80,7 @@ class UnlearnData:
             raise ValueError(f"loader() takes 'forget' or 'retain', not {which!r}")
         x, y = (self.forget_x, self.forget_y) if which == "forget" else (self.retain_x, self.retain_y)
         aug = self.augment if augment else Augment()
-        return DeviceLoader(x, y, batch_size, self.mean, self.std, aug, self.device)
+        return DeviceLoader(x, y, batch_size, self.mean, self.std, aug, self.device, meter=self.meter)
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,10 @@ class Method:
     name: str
     fn: Callable[..., nn.Module] | None  # None for `original` and `retrain`
     params: type | None = None  # a dataclass of hyperparameters with the published defaults
+    # whether it runs BatchNorm in train mode, so its running statistics move: the BN-frozen control
+    # (`--unlearn-bn frozen`) applies to it; weight-only methods compute in eval mode and say False
+    trains_bn: bool = True
+    needs_last_block: bool = False  # CF-k, EU-k: the grid refuses a model that declares no last block
 
     def resolve_params(self, overrides: dict[str, Any], unlearn_epochs: int | None, dataset: str) -> dict[str, Any]:
         """Published defaults < `dataset`'s own (`DatasetSpec.method_defaults`) < `--unlearn-epochs` < the
@@ -119,9 +132,11 @@ class Method:
 METHODS: Registry[Method] = Registry("method")
 
 
-def register_method(name: str, params: type | None = None) -> Callable:
+def register_method(
+    name: str, params: type | None = None, *, trains_bn: bool = True, needs_last_block: bool = False
+) -> Callable:
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        METHODS.register(name)(Method(name, fn, params))
+        METHODS.register(name)(Method(name, fn, params, trains_bn, needs_last_block))
         return fn
 
     return add

@@ -6,11 +6,13 @@ import copy
 import math
 from collections.abc import Iterator
 
-# Hyperparameter types, the config's own: `Method.resolve_params` turns an out-of-range value into a UsageError.
-from cvmf_ray.config import Count, Finite, Fraction, Index, Positive  # noqa: F401 (re-exported to the methods)
 from cvmf_ray.data import DeviceLoader
 from cvmf_ray.errors import CellError
 from cvmf_ray.lazy import F, nn, torch
+
+# Hyperparameter types, the config's too (cvmf_ray/values.py): `Method.resolve_params` turns an out-of-range value
+# into a UsageError.
+from cvmf_ray.values import Count, Finite, Fraction, Index, Positive  # noqa: F401 (re-exported to the methods)
 
 
 def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4):
@@ -70,7 +72,9 @@ class ForgetRetainMix:
         self.n_forget, self.retain_y = len(data.forget_x), retain_y
         x = torch.cat([data.forget_x, retain_x])
         index = torch.arange(len(x), device=retain_y.device)
-        self.loader = DeviceLoader(x, index, batch_size, data.mean, data.std, data.augment, data.device)
+        self.loader = DeviceLoader(
+            x, index, batch_size, data.mean, data.std, data.augment, data.device, meter=data.meter
+        )
 
     def epoch(self, forget_y: torch.Tensor, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One pass, batches of (x, y, is_forget); `forget_y` labels the forget samples (RL: random ones)."""

@@ -49,7 +49,7 @@ def bad_teacher(model, data: UnlearnData, params: BadTeacherParams):
     keep = keep[: max(1, int(params.retain_fraction * len(keep)))]
     mix = ForgetRetainMix(data, data.retain_x[keep], data.retain_y[keep], params.batch_size)
     T = params.temperature
-    for epoch in range(params.epochs):
+    for epoch in data.epochs(params.epochs):
         for x, _, is_forget in mix.epoch(data.forget_y, epoch_seed(data.seed, epoch)):
             with torch.no_grad():
                 target = torch.where(is_forget[:, None], bad(x), good(x))

@@ -57,7 +57,7 @@ def boundary_expanding(model, data: UnlearnData, params: BoundaryExpandingParams
     optimizer = sgd(model, params.lr, weight_decay=0)
     forget = data.loader("forget", params.batch_size)
     shadow = layer.out_features
-    for epoch in range(params.epochs):
+    for epoch in data.epochs(params.epochs):
         for x, y in forget.epoch(epoch_seed(data.seed, epoch)):
             step(optimizer, F.cross_entropy(model(x), torch.full_like(y, shadow)))
     with torch.no_grad():  # prune the shadow class: the original layer takes the trained rows back

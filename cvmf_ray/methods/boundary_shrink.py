@@ -52,7 +52,7 @@ def boundary_shrink(model, data: UnlearnData, params: BoundaryShrinkParams):
     optimizer = sgd(model, params.lr, weight_decay=0)
     forget = data.loader("forget", params.batch_size)
     mean, std = (torch.tensor(v, device=data.device).view(1, -1, 1, 1) for v in (data.mean, data.std))
-    for epoch in range(params.epochs):
+    for epoch in data.epochs(params.epochs):
         for x, y in forget.epoch(epoch_seed(data.seed, epoch)):
             target = nearest_wrong_label(teacher, x, y, params.bound, mean, std)
             step(optimizer, F.cross_entropy(model(x), target))

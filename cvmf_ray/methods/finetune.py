@@ -32,7 +32,7 @@ def fine_tune(model, data: UnlearnData, params, penalty: Callable[[int], torch.T
     retain = data.loader("retain", params.batch_size)
     optimizer = sgd(model, params.lr)
     schedule = cosine(optimizer, params.epochs * len(retain))
-    for epoch in range(params.epochs):
+    for epoch in data.epochs(params.epochs):
         for x, y in retain.epoch(epoch_seed(data.seed, epoch)):
             loss = F.cross_entropy(model(x), y)
             step(optimizer, loss if penalty is None else loss + penalty(epoch))

@@ -31,7 +31,7 @@ class GradientAscentParams:
 def gradient_ascent(model, data: UnlearnData, params: GradientAscentParams):
     optimizer = sgd(model, params.lr)
     forget = data.loader("forget", params.batch_size)
-    for epoch in range(params.epochs):
+    for epoch in data.epochs(params.epochs):
         for x, y in forget.epoch(epoch_seed(data.seed, epoch)):
             step(optimizer, -F.cross_entropy(model(x), y), params.clip)
     return model

@@ -36,7 +36,7 @@ def neggrad_plus(model, data: UnlearnData, params: NegGradPlusParams):
     optimizer = sgd(model, params.lr)
     retain = data.loader("retain", params.batch_size)
     forget = cycled(data.loader("forget", params.batch_size), data.seed, stream=1)
-    for epoch in range(params.epochs):
+    for epoch in data.epochs(params.epochs):
         for (x, y), (xf, yf) in zip(retain.epoch(epoch_seed(data.seed, epoch)), forget, strict=False):
             loss = params.alpha * F.cross_entropy(model(x), y) - (1 - params.alpha) * F.cross_entropy(model(xf), yf)
             step(optimizer, loss)

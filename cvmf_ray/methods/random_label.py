@@ -30,7 +30,7 @@ def train_relabelled(model, data: UnlearnData, params, optimizer: torch.optim.Op
     """The RL loop, shared with SalUn (which passes an optimizer that moves only salient weights)."""
     labels = torch.Generator(data.device).manual_seed(data.seed)
     mix = ForgetRetainMix(data, data.retain_x, data.retain_y, params.batch_size)
-    for epoch in range(params.epochs):
+    for epoch in data.epochs(params.epochs):
         forget_y = wrong_labels(data.forget_y, data.num_classes, labels)
         for x, y, _ in mix.epoch(forget_y, epoch_seed(data.seed, epoch)):
             step(optimizer, F.cross_entropy(model(x), y))

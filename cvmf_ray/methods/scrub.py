@@ -42,7 +42,7 @@ def scrub(model, data: UnlearnData, params: ScrubParams):
     forget = data.loader("forget", params.forget_batch_size)
     retain = data.loader("retain", params.batch_size)
     T = params.temperature
-    for epoch in range(params.epochs):
+    for epoch in data.epochs(params.epochs):
         if epoch <= params.msteps:
             for x, _ in forget.epoch(epoch_seed(data.seed, epoch, stream=1)):
                 step(optimizer, -distill_kl(model(x), teacher(x), T))

@@ -68,10 +68,12 @@ def batches(x, y, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, to
         yield x[idx], y[idx]
 
 
-def train(model, x, y, lr: float, params: UnsirParams, seed: int, stream: int) -> None:
+def train(model, x, y, lr: float, params: UnsirParams, data: UnlearnData, stream: int, counted: Iterator) -> None:
+    """`params.epochs` of Adam on (x, y); `counted` ticks the progress line's epochs across both phases."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for epoch in range(params.epochs):
-        for xb, yb in batches(x, y, params.batch_size, epoch_seed(seed, epoch, stream)):
+    for epoch, _ in zip(range(params.epochs), counted, strict=False):  # range first: no tick past its end
+        for xb, yb in batches(x, y, params.batch_size, epoch_seed(data.seed, epoch, stream)):
+            data.meter.count(len(yb))
             step(optimizer, F.cross_entropy(model(xb), yb))
 
 
@@ -83,6 +85,8 @@ def unsir(model, data: UnlearnData, params: UnsirParams):
     noise_x = torch.cat([n.repeat(params.noise_copies, 1, 1, 1) for n in noise])
     noise_y = torch.tensor(classes, device=data.device).repeat_interleave(params.noise_batch * params.noise_copies)
     retain_x, retain_y = retain_subset(data, params.retain_per_class)
-    train(model, torch.cat([noise_x, retain_x]), torch.cat([noise_y, retain_y]), params.impair_lr, params, data.seed, 1)
-    train(model, retain_x, retain_y, params.repair_lr, params, data.seed, 2)
+    counted = data.epochs(2 * params.epochs)  # impair, then repair: one count over both phases
+    train(model, torch.cat([noise_x, retain_x]), torch.cat([noise_y, retain_y]), params.impair_lr, params, data, 1,
+          counted)  # fmt: skip
+    train(model, retain_x, retain_y, params.repair_lr, params, data, 2, counted)
     return model

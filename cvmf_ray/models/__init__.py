@@ -9,11 +9,39 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from cvmf_ray.lazy import nn
 from cvmf_ray.registry import Registry
 
 MODELS: Registry = Registry("model", plugins=True)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the driver knows of a registered model without building it (no torch): which deployment steps and
+    methods apply to it."""
+
+    batchnorm: bool = True  # has BatchNorm layers (BatchNorm re-estimation, the BN-frozen control apply)
+    # parameter-name prefixes of its last block, what CF-k fine-tunes and EU-k re-initialises (Goel et al.:
+    # ResNet's layer4; here always with the classifier); () when it has none
+    last_block: tuple[str, ...] = ()
+
+
+MODEL_INFO: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, batchnorm: bool = True, last_block: tuple[str, ...] = ()) -> Callable:
+    """`@register_model("name", last_block=(...))`: a model function and what the driver knows of it."""
+    MODEL_INFO[name] = ModelInfo(batchnorm, last_block)
+    return MODELS.register(name)
+
+
+def model_info(name: str) -> ModelInfo | None:
+    """A registered model's info; None for a plug-in (`pkg.mod:fn`), of which nothing is known before it runs."""
+    MODELS.get(name)  # an unknown name is a UsageError
+    return MODEL_INFO.get(name)
 
 
 def create_model(name: str, in_channels: int, num_classes: int) -> nn.Module:

@@ -7,10 +7,11 @@ stride-2 block run at stride 1, so the network downsamples 8×, like the small-i
 from __future__ import annotations
 
 from cvmf_ray.lazy import nn
-from cvmf_ray.models import MODELS
+from cvmf_ray.models import register_model
 
 
-@MODELS.register("mobilenet_v2")
+# the last inverted residual (320 channels), the 1x1 conv to 1280 and the classifier
+@register_model("mobilenet_v2", last_block=("features.17.", "features.18.", "classifier."))
 def mobilenet_v2(in_channels: int, num_classes: int) -> nn.Module:
     import torchvision  # here, not at the top: importing it costs ~1.5 s in every Ray worker
 

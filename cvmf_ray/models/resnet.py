@@ -7,7 +7,7 @@ the CIFAR convention replaces it by a 3×3 stride-1 conv and drops the max-pool.
 from __future__ import annotations
 
 from cvmf_ray.lazy import nn
-from cvmf_ray.models import MODELS
+from cvmf_ray.models import register_model
 
 
 def small_image_resnet(name: str, in_channels: int, num_classes: int) -> nn.Module:
@@ -19,16 +19,16 @@ def small_image_resnet(name: str, in_channels: int, num_classes: int) -> nn.Modu
     return model
 
 
-@MODELS.register("resnet18")
+@register_model("resnet18", last_block=("layer4.", "fc."))
 def resnet18(in_channels: int, num_classes: int) -> nn.Module:
     return small_image_resnet("resnet18", in_channels, num_classes)
 
 
-@MODELS.register("resnet34")
+@register_model("resnet34", last_block=("layer4.", "fc."))
 def resnet34(in_channels: int, num_classes: int) -> nn.Module:
     return small_image_resnet("resnet34", in_channels, num_classes)
 
 
-@MODELS.register("resnet50")
+@register_model("resnet50", last_block=("layer4.", "fc."))
 def resnet50(in_channels: int, num_classes: int) -> nn.Module:
     return small_image_resnet("resnet50", in_channels, num_classes)

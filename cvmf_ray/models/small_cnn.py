@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cvmf_ray.lazy import nn
-from cvmf_ray.models import MODELS
+from cvmf_ray.models import register_model
 
 
 def _block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -11,7 +11,7 @@ def _block(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-@MODELS.register("small_cnn")
+@register_model("small_cnn", last_block=("7.", "8.", "12."))  # the third conv block + the classifier
 def small_cnn(in_channels: int, num_classes: int) -> nn.Module:
     return nn.Sequential(
         *_block(in_channels, 32),

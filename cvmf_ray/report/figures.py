@@ -17,7 +17,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from cvmf_ray.report.stats import aggregate, excludes_zero
+from cvmf_ray.report.stats import INTERVAL, aggregate, excludes_zero
 
 PRIVACY_METRICS = (  # the table's MIA columns, then the optional summaries when a run has them
     "mia_efficacy",
@@ -72,7 +72,8 @@ def method_colors(methods: list[str]) -> dict[str, str | tuple]:
 
 
 def _errorbars(ax, x, stats: pd.DataFrame, color, horizontal: bool = False) -> None:
-    """95% intervals where one exists (n >= 2); an n = 1 point gets no bar rather than a zero-width one."""
+    """95% intervals where one exists (n >= 2), as `aggregate` clipped them to the metric's range (so possibly
+    uneven); an n = 1 point gets no bar rather than a zero-width one."""
     has = stats["ci_low"].notna().to_numpy()
     if not has.any():
         return
@@ -183,12 +184,12 @@ def class_retained(s: Slice) -> Figure:
         rows = rows[rows["test_class_accuracy"].notna()]
     if "test_class_accuracy" not in rows or rows.empty:
         raise Skipped("needs class-wise forgetting and the per-class column test_class_accuracy")
-    rows = rows.assign(
-        retained=[
+    rows = rows.assign(  # an accuracy by name, so `aggregate` clips its interval to [0, 1]
+        retained_accuracy=[
             _mean_without(a, int(c)) for a, c in zip(rows["test_class_accuracy"], rows["forget_class"], strict=True)
         ]
     )
-    stats = aggregate(rows, by=["method", "forget_class"], metrics=["retained"])
+    stats = aggregate(rows, by=["method", "forget_class"], metrics=["retained_accuracy"])
     classes = sorted(stats["forget_class"].unique())
     fig = Figure(figsize=(2.2 + 0.7 * len(classes), 3.4), layout="constrained")
     ax = fig.subplots()
@@ -268,7 +269,7 @@ PLOTS = (
         "accuracy_vs_bits",
         "Accuracy against bits per weight",
         "Test accuracy (left) and forget-train accuracy (right) as stored weights narrow from 32 to 4 bits; one line "
-        "per method (modes of one width averaged within each run); bars = 95% intervals over runs (none where n = 1); "
+        f"per method (modes of one width averaged within each run); bars = the {INTERVAL} (none where n = 1); "
         "retrain (dashed) is the target.",
         accuracy_vs_bits,
     ),
@@ -276,14 +277,14 @@ PLOTS = (
         "efficacy_vs_cost",
         "Efficacy against cost",
         "Each method at fp32: gap to retrain (lower = closer to the gold standard) against unlearning seconds "
-        "(log scale); bottom left is best; bars = 95% intervals; retrain's cost is its own training time.",
+        f"(log scale); bottom left is best; bars = the {INTERVAL}; retrain's cost is its own training time.",
         efficacy_vs_cost,
     ),
     Plot(
         "class_retained",
         "Retained classes after retraining",
         "For each forgotten class c, test accuracy on the other classes: the original model beside the model "
-        "retrained without c; equal bars = forgetting c cost the other classes nothing.",
+        f"retrained without c; equal bars = forgetting c cost the other classes nothing; whiskers = the {INTERVAL}.",
         class_retained,
     ),
     Plot(
@@ -296,8 +297,8 @@ PLOTS = (
     Plot(
         "privacy",
         "Privacy",
-        "Membership-inference metrics per method at fp32, mean with 95% interval; the dashed line is the retrained "
-        "model's value, the one an unlearnt model should match.",
+        f"Membership-inference metrics per method at fp32, mean with the {INTERVAL}; the dashed line is the "
+        "retrained model's value, the one an unlearnt model should match.",
         privacy,
     ),
 )

@@ -13,11 +13,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from cvmf_ray.config import BN_SOURCES
 from cvmf_ray.quant import QUANT_MODES
 from cvmf_ray.schema import IDENTITY_COLUMNS, RUN_METADATA, quant_order
 
 GROUP = ["model", "dataset", "method", "quant"]  # one aggregated row per group, over seeds x forget sets
-NOT_METRICS = {*IDENTITY_COLUMNS, "method_params", "forget", "compare_key", "quant_update_per_layer"}
+NOT_METRICS = {*IDENTITY_COLUMNS, "method_params", "forget", "compare_key", "quant_update_per_layer", "quant_mode",
+               "bn_reestimate_batches", "bn_reestimate_batch_size"}  # fmt: skip
+FROZEN = " (BN frozen)"  # the label suffix of a method's BN-frozen control
 
 
 def weight_bits(quants) -> dict[str, float]:
@@ -32,22 +35,40 @@ def run_info(table: pa.Table) -> dict:
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
-    """Rows in report order: `method`/`quant` ordered categoricals, a `weight_bits` and a `forget` label column."""
+    """Rows in report order: `method`/`quant` ordered categoricals, a `weight_bits` and a `forget` label column.
+
+    The BatchNorm axes fold into the two the report groups by, so no statistic ever pools them: `method` names
+    the treatment ("gradient_ascent (BN frozen)" beside "gradient_ascent"), `quant` the deployment ("int8 + BN
+    re-est. train" beside "int8"); the plain columns `unlearn_bn`, `quant_mode` and `bn_reestimate` stay."""
     frame = table.to_pandas()
+    frame["bn_reestimate"] = frame.get("bn_reestimate", pd.Series(index=frame.index, dtype=object)).fillna("none")
+    frame["unlearn_bn"] = frame.get("unlearn_bn", pd.Series(index=frame.index, dtype=object))  # older tables lack them
     grid_methods = (run_info(table).get("grid") or {}).get("methods", [])
-    frame["method"] = pd.Categorical(frame["method"], list(dict.fromkeys([*grid_methods, *frame["method"]])), True)
+    frozen = frame["unlearn_bn"] == "frozen"
+    frame["method"] = frame["method"].where(~frozen, frame["method"] + FROZEN)
+    methods = [label for m in dict.fromkeys([*grid_methods, *frame["method"]]) for label in (m, m + FROZEN)]
+    frame["method"] = pd.Categorical(frame["method"], [m for m in dict.fromkeys(methods) if m in set(frame["method"])],
+                                     ordered=True)  # fmt: skip
     recorded = (
         frame.groupby("quant")["weight_bits"].first().dropna() if "weight_bits" in frame else pd.Series(dtype=float)
     )
     missing = [q for q in frame["quant"].unique() if q not in recorded.index]
     bits = {**recorded.astype(float).to_dict(), **(weight_bits(missing) if missing else {})}
-    frame["quant"] = pd.Categorical(frame["quant"], quant_order(bits), ordered=True)
-    frame["weight_bits"] = frame["quant"].astype(str).map(bits).astype(float)
+    frame["quant_mode"] = frame["quant"]
+    frame["quant"] = [deployment(q, step) for q, step in zip(frame["quant"], frame["bn_reestimate"], strict=True)]
+    order = [deployment(q, step) for q in quant_order(bits) for step in BN_SOURCES]
+    frame["quant"] = pd.Categorical(frame["quant"], [d for d in order if d in set(frame["quant"])], ordered=True)
+    frame["weight_bits"] = frame["quant_mode"].map(bits).astype(float)
     frame["forget"] = [
         _forget_label(c, f) for c, f in zip(frame["forget_class"], frame["forget_fraction"], strict=True)
     ]
     order = ["model", "dataset", "seed", "forget_class", "forget_fraction", "method", "quant"]
     return frame.sort_values(order, kind="stable", ignore_index=True)
+
+
+def deployment(quant: str, bn_reestimate: str) -> str:
+    """'int8', or 'int8 + BN re-est. train': a quant mode after the deployment step that re-estimated BatchNorm."""
+    return quant if bn_reestimate == "none" else f"{quant} + BN re-est. {bn_reestimate}"
 
 
 def _forget_label(forget_class, forget_fraction) -> str:

@@ -43,6 +43,10 @@ figcaption, .note { color: #555; font-size: 13px; } .ok { color: #137333; } .bad
 PNG_DPI = 150
 CSS_DPI = 96  # CSS pixels per inch
 MAX_PAGE_ROWS = 500  # a table longer than this is cut on the page (never in tables/): the page stays light
+NO_RECIPES = (
+    "This run records no resolved training recipe: the grid's train is the built-in one, before each dataset's "
+    "own changes and epochs."
+)
 PAPER_STYLE = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 9}  # TrueType in the PDFs, as journals ask
 
 
@@ -168,8 +172,9 @@ def _glance(frame: pd.DataFrame, stats: pd.DataFrame) -> str:
 
 
 def _identity(frame: pd.DataFrame, info: dict) -> str:
-    """Grid, package versions, hardware and wall time from the run's metadata, or what the rows tell."""
-    grid = info.get("grid") or {
+    """Grid, training recipes, package versions, hardware and wall time from the run's metadata, or what the
+    rows tell."""
+    grid = _grid(info) or {
         "models": list(dict.fromkeys(frame["model"])),
         "datasets": list(dict.fromkeys(frame["dataset"])),
         "methods": list(frame["method"].cat.categories),
@@ -187,11 +192,32 @@ def _identity(frame: pd.DataFrame, info: dict) -> str:
         "grid digest": info.get("grid_digest"),
     }
     environment = {k: v or "not recorded" for k, v in environment.items()}
-    parts = ["<h2>Run</h2>", "<h3>Grid</h3>", _definitions(grid), "<h3>Where and when</h3>", _definitions(environment)]
+    parts = ["<h2>Run</h2>", "<h3>Grid</h3>", _definitions(grid), *_recipes(info)]
+    parts += ["<h3>Where and when</h3>", _definitions(environment)]
     if info.get("counts"):
         counts = pd.DataFrame(info["counts"]).T.reindex(columns=["done", "failed", "pending"]).fillna(0).astype(int)
         parts += ["<h3>Cells per stage</h3>", counts.rename_axis("stage").reset_index().to_html(index=False, border=0)]
     return "\n".join(parts)
+
+
+def _grid(info: dict) -> dict | None:
+    """The recorded grid; without `train` and `epochs` where the resolved recipes say what they came to."""
+    grid = info.get("grid")
+    if grid and info.get("recipes"):
+        grid = {k: v for k, v in grid.items() if k not in ("train", "epochs")}
+    return grid
+
+
+def _recipes(info: dict) -> list[str]:
+    """The recipe each dataset of the run trained with, as the grid resolved it (`results.run_info`)."""
+    recipes = info.get("recipes")
+    if recipes:
+        table = pd.DataFrame.from_dict(recipes, orient="index").astype(object)  # each value as recorded: 0.1, not 0.10
+        table = table.rename_axis("dataset").reset_index()
+        return ["<h3>Training recipe per dataset</h3>", table.to_html(index=False, border=0, na_rep="none")]
+    if (info.get("grid") or {}).get("train"):  # a run recorded before the resolved recipes were
+        return [f'<p class="note">{html.escape(NO_RECIPES)}</p>']
+    return []
 
 
 def _definitions(items: dict) -> str:

@@ -11,7 +11,7 @@ import pyarrow as pa
 from tabulate import tabulate
 
 from cvmf_ray.report.frame import GROUP, to_frame
-from cvmf_ray.report.stats import estimate, ranking
+from cvmf_ray.report.stats import INTERVAL, estimate, ranking
 
 KEY_METRICS = {  # results column -> its short, unambiguous header; the order of the summary's columns
     "test_accuracy": "test_acc",
@@ -24,11 +24,12 @@ KEY_METRICS = {  # results column -> its short, unambiguous header; the order of
 }
 RECOVERY_TABLES = {"recovery_forget_acc": "recovery_forget_train_accuracy", "recovery_mia_eff": "recovery_mia_efficacy"}
 ROW_METRICS = [m for m in KEY_METRICS if m != "recovery_mia_efficacy"]  # the per-row table stays narrower
-ESTIMATE_NOTE = "mean ± half-width of the 95% t-interval over seeds × forget sets; no interval where n = 1"
+ESTIMATE_NOTE = f"mean ± half-width of the {INTERVAL}, or mean [low, high] where clipped; no interval where n = 1"
 
 
 def _estimates(stats: pd.DataFrame, row_n: pd.Series | None = None) -> list[str]:
-    """One 'mean ± half-width' label per statistics row; `row_n`: the n its table shows beside it, if any."""
+    """One 'mean ± half-width' (or clipped 'mean [low, high]') label per statistics row; `row_n`: the n its table
+    shows beside it, if any."""
     row_n = [None] * len(stats) if row_n is None else row_n
     values = stats[["mean", "ci_low", "ci_high", "n"]].itertuples(index=False)
     return [estimate(*v, row_n=shown) for v, shown in zip(values, row_n, strict=True)]
@@ -67,7 +68,8 @@ def recovery_table(stats: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def failed_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every evaluated model that is not ok (failed, or pending in an interrupted run), with its reason."""
+    """Every evaluated model that is not ok (failed, pending in an interrupted run, or a combination that does
+    not apply), with its reason."""
     columns = ["model", "dataset", "seed", "forget", "method", "quant", "status", "error"]
     return frame.loc[frame["status"] != "ok", columns].fillna({"error": "never ran"}).reset_index(drop=True)
 
@@ -101,7 +103,8 @@ def format_rows(table: pa.Table) -> str:
     metrics = [m for m in ROW_METRICS if m in frame.columns]
     view = frame[["model", "dataset", "seed", "forget", "method", "quant", *metrics, "status"]]
     counts = frame["status"].value_counts()
-    tally = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "failed", "pending"))
+    tally = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "failed", "pending", "not_applicable") if
+                      counts.get(s, 0) or s != "not_applicable")  # fmt: skip
     return (
         _terminal(view.rename(columns=KEY_METRICS), ["model", "dataset", "seed", "forget"])
         + f"\n{len(frame)} rows: {tally}"

@@ -1,10 +1,10 @@
 """Stage 1: train an `original` model, or a `retrain` gold standard (the same recipe without `exclude`).
 
-SGD + Nesterov + cosine annealing per step, the published CIFAR/FashionMNIST recipe. The data never
-leaves the device (`DeviceLoader`); the model is channels_last, optionally compiled, and the step runs in
-bf16 autocast where the hardware computes bf16 natively (CUDA; AVX512-BF16/AMX CPUs); one host sync per
-epoch. All randomness is derived from (seed, epoch), so a run resumed from an epoch checkpoint is
-bit-identical on CPU.
+SGD + Nesterov + cosine annealing per step, the published CIFAR/FashionMNIST recipe (or a short study
+recipe's warm-up, linear decay and label smoothing: config.py `PRESETS`). The data never leaves the device
+(`DeviceLoader`); the model is channels_last, optionally compiled, and the step runs in bf16 autocast where
+the hardware computes bf16 natively (CUDA; AVX512-BF16/AMX CPUs); one host sync per epoch. All randomness is
+derived from (seed, epoch), so a run resumed from an epoch checkpoint is bit-identical on CPU.
 
 `train_reference` is the plain DataLoader + torchvision-transforms fp32 loop the fast path replaces:
 tests/test_train.py checks both reach the same accuracy, scripts/bench_train.py times them.
@@ -24,6 +24,7 @@ from cvmf_ray.config import TrainRecipe
 from cvmf_ray.data import Augment, DeviceLoader, torchvision_loader
 from cvmf_ray.datasets import ImageData
 from cvmf_ray.errors import CellError
+from cvmf_ray.meter import Meter
 
 # on_epoch(epoch_done, state) is how a caller (the Ray layer) takes resumable checkpoints.
 EpochHook = Callable[[int, dict], None]
@@ -39,18 +40,22 @@ def train(
     device: str | torch.device = "cpu",
     resume: dict | None = None,
     on_epoch: EpochHook | None = None,
+    meter: Meter | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train `model` on `data.train_*` minus the samples where `exclude` (a bool mask) is True.
+
+    `meter` counts epochs and images for the progress line (cvmf_ray/meter.py).
 
     Returns the trained model (eval mode, default memory format) and `{"train_seconds", "train_loss", "epochs"}`.
     """
     started = time.perf_counter()
     device = torch.device(device)
+    meter = meter or Meter()
     keep = ~exclude if exclude is not None else slice(None)
     # channels_last: what tensor cores and oneDNN's fastest convolutions read (8-30% on this project's CPUs too)
     loader = DeviceLoader(
         data.train_x[keep], data.train_y[keep], recipe.batch_size, data.mean, data.std,
-        Augment(recipe.crop_padding, recipe.flip), device, memory_format=torch.channels_last,
+        Augment(recipe.crop_padding, recipe.flip), device, memory_format=torch.channels_last, meter=meter,
     )  # fmt: skip
     model.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)
@@ -60,7 +65,7 @@ def train(
     forward = torch.compile(model) if recipe.compile else model
     bf16 = recipe.bf16 and native_bf16(device)
     mean_loss = float("nan")
-    for epoch in range(first_epoch, recipe.epochs):
+    for epoch in meter.epochs(recipe.epochs, first_epoch, per_epoch=len(loader.y)):
         mean_loss = train_epoch(forward, loader, optimizer, recipe, epoch, seed, bf16)
         if not math.isfinite(mean_loss):
             raise CellError(f"training diverged at epoch {epoch + 1}: mean loss {mean_loss}")
@@ -80,7 +85,7 @@ def train_epoch(forward, loader: DeviceLoader, optimizer, recipe: TrainRecipe, e
     for i, (x, y) in enumerate(loader.epoch(epoch_seed)):
         set_lr(optimizer, recipe, epoch * len(loader) + i, recipe.epochs * len(loader))
         with torch.autocast(loader.device.type, torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(forward(x), y)
+            loss = F.cross_entropy(forward(x), y, label_smoothing=recipe.label_smoothing)
         step(optimizer, loss, recipe.grad_clip)
         loss_sum += loss.detach()
     return loss_sum.item() / len(loader)
@@ -115,7 +120,8 @@ def train_reference(
         loss_sum = 0.0
         for i, (x, y) in enumerate(loader):
             set_lr(optimizer, recipe, epoch * len(loader) + i, total_steps)
-            loss = F.cross_entropy(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
+            logits = model(x.to(device, non_blocking=True))
+            loss = F.cross_entropy(logits, y.to(device, non_blocking=True), label_smoothing=recipe.label_smoothing)
             step(optimizer, loss, recipe.grad_clip)
             loss_sum += loss.item()
         if on_epoch is not None:
@@ -153,11 +159,24 @@ def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float 
 
 
 def set_lr(optimizer: torch.optim.Optimizer, recipe: TrainRecipe, step_index: int, total_steps: int) -> None:
-    lr = recipe.lr
-    if recipe.schedule == "cosine":
-        lr *= 0.5 * (1 + math.cos(math.pi * step_index / total_steps))
+    lr = recipe.lr * lr_factor(recipe, step_index, total_steps)
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def lr_factor(recipe: TrainRecipe, step_index: int, total_steps: int) -> float:
+    """The learning rate at a step as a fraction of the peak: a linear rise over the first `warmup` of the steps
+    (a short run cannot afford the early steps' large, badly-aimed updates at the peak rate), then the schedule
+    over the rest. Without warm-up, exactly the published per-step cosine."""
+    warm = recipe.warmup * total_steps
+    if step_index < warm:
+        return min(1.0, (step_index + 1) / warm)
+    progress = (step_index - warm) / (total_steps - warm)
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if recipe.schedule == "onecycle":
+        return 1 - progress
+    return 1.0
 
 
 def checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> dict:
