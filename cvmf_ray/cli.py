@@ -4,6 +4,7 @@
     cvmf-ray grid --config configs/fashionmnist-resnet18.yaml --gpus 4
     cvmf-ray status results/default
     cvmf-ray results results/default --format csv
+    cvmf-ray export results/default --mlflow http://127.0.0.1:5000
 
 Exit codes: 0 all cells ok; 1 some cells failed (the rest finished and were saved); 2 bad input or a wrong
 environment; 130 / 143 interrupted by Ctrl-C / SIGTERM (rerun to resume).
@@ -121,6 +122,15 @@ def grid(
         ),
     ] = None,
     verbose: Annotated[bool, _option("One line per finished cell, and the trials' own output.", OUTPUT)] = False,
+    mlflow: Annotated[
+        str | None,
+        _option(
+            "Log each evaluated model to this MLflow tracking server (http://HOST:PORT) as it finishes, in the "
+            "experiment MLFLOW_EXPERIMENT_NAME (default cvmf-ray); needs the mlflow extra. A server that is down "
+            "is one warning: the grid goes on, and `cvmf-ray export` sends what is missing.",
+            OUTPUT,
+        ),
+    ] = None,
 ) -> None:
     """Run the whole pipeline (train, unlearn, quantize, evaluate) for every combination.
 
@@ -160,13 +170,17 @@ def grid(
         relearn=relearn,
     )
     expanded = expand_grid(cfg)
+    if mlflow is not None:
+        from cvmf_ray.tracking import check
+
+        check(mlflow)
     if dry_run:
         _print_dry_run(expanded)
         return
-    raise typer.Exit(_run(cfg, expanded, resume, verbose))
+    raise typer.Exit(_run(cfg, expanded, resume, verbose, mlflow))
 
 
-def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
+def _run(cfg, expanded, resume: bool, verbose: bool, mlflow: str | None = None) -> int:
     from cvmf_ray import driver
     from cvmf_ray.datasets import DATASETS
     from cvmf_ray.lock import RunLock
@@ -188,9 +202,13 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
     note = lock.acquire()
     if note:
         echo(note)
-    started = time.perf_counter()
+    started, outcome, live = time.perf_counter(), None, None
     try:
-        outcome = driver.run(cfg, expanded, store, echo, verbose, stop)
+        if mlflow is not None:
+            from cvmf_ray.tracking import LiveLog
+
+            live = LiveLog(mlflow, store, expanded.digest, echo)
+        outcome = driver.run(cfg, expanded, store, echo, verbose, stop, on_row=live.row if live else None)
     except Interrupted as err:
         kept = getattr(err, "summary", "every finished cell is kept")
         print(
@@ -203,6 +221,8 @@ def _run(cfg, expanded, resume: bool, verbose: bool) -> int:
         return 1
     finally:
         lock.release()
+        if live is not None:
+            live.close(outcome.table if outcome else None)
     rows = [r for r in outcome.table.to_pylist() if r["status"] != NOT_APPLICABLE]  # no cells: nothing to run
     failed = [r for r in rows if r["status"] != "ok"]
     echo(
@@ -310,6 +330,30 @@ def report(
 
     files = write_report(_read_table(store), out or Path(store.path("report")), title=run_dir)
     echo(f"wrote {files[0]} and {len(files) - 1} figure and table files")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[str, typer.Argument(help="A run directory (RESULTS_DIR/NAME) or URI.")],
+    mlflow: Annotated[str, typer.Option(help="The MLflow tracking server: http(s)://HOST[:PORT].", show_default=False)],
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default MLFLOW_EXPERIMENT_NAME, else cvmf-ray).")
+    ] = None,
+) -> None:
+    """Log a run's results to MLflow: one MLflow run per row of its table (failed and pending rows included),
+    nested under one run per grid that holds the report's figures. Idempotent: the cell key is a row's identity,
+    so a second export sends only what changed, and it completes what `grid --mlflow` logged live.
+
+    Example: cvmf-ray export results/default --mlflow http://127.0.0.1:5000
+
+    Exit codes: 0 exported; 2 bad input, mlflow not installed, or a server that is unreachable or refuses.
+    """
+    from cvmf_ray.tracking import check
+    from cvmf_ray.tracking import export as export_run
+
+    check(mlflow)
+    store = _readable_run(run_dir)
+    echo(export_run(store, _read_table(store), mlflow, experiment))
 
 
 def _readable_run(run_dir: str):

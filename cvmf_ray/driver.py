@@ -36,8 +36,9 @@ class Outcome:
     ran: bool  # whether any cell was run in this invocation
 
 
-def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = False, stop: StopSignal | None = None
-        ) -> Outcome:  # fmt: skip
+def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = False, stop: StopSignal | None = None,
+        on_row=None) -> Outcome:  # fmt: skip
+    """`on_row(row)` is told each evaluate cell's own columns as the cell finishes (`grid --mlflow`)."""
     started, stop = time.time(), stop or StopSignal()
     listing = store.listing()
     previous = _previous_table(store, log)
@@ -56,7 +57,7 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
         _prepare(store, grid)
         searcher, stopped = None, None
     else:
-        searcher, stopped = _run_cells(config, grid, store, scheduler, log, verbose, stop)
+        searcher, stopped = _run_cells(config, grid, store, scheduler, log, verbose, stop, on_row)
         rows.update(searcher.rows if searcher else {})
         comparisons.update(searcher.comparisons if searcher else {})
     if stop.lock_lost:
@@ -92,7 +93,8 @@ def _prepare(store: RunStore, grid: Grid) -> None:
     store.write_json(grid.to_json(), "grid.json")
 
 
-def _run_cells(config, grid, store, scheduler, log, verbose, stop) -> tuple[DagSearcher | None, BaseException | None]:
+def _run_cells(config, grid, store, scheduler, log, verbose, stop, on_row=None
+               ) -> tuple[DagSearcher | None, BaseException | None]:  # fmt: skip
     """Start Ray, run every unfinished cell, shut Ray down. Returns the searcher (what the cells reported) and
     why the run stopped early, if it did (a signal, a full disk, a lost lock)."""
     counts = ", ".join(f"{n} {stage}" for stage, n in grid.counts().items() if n)
@@ -108,7 +110,7 @@ def _run_cells(config, grid, store, scheduler, log, verbose, stop) -> tuple[DagS
             try:
                 Signals.raise_received()
                 _prepare(store, grid)
-                searcher = DagSearcher(scheduler, plan, store, progress, stop)
+                searcher = DagSearcher(scheduler, plan, store, progress, stop, on_row)
                 fit(config, grid, store, searcher, plan)
             finally:
                 ray.shutdown()

@@ -3,7 +3,9 @@
 A training on the published recipe runs for hours; without this the progress line shows `train 0/1` for all
 of it. Stages count what they do (`Meter.epochs` wraps their epoch loop, `DeviceLoader` counts the images it
 hands out); the Ray layer gives the meter a `send` callable that forwards a reading to the driver's progress
-line, at most every `every_s` seconds and at each epoch's end. Without `send` a meter only counts. Torch-free.
+line, at most every `every_s` seconds (at an epoch's end or inside one, whichever comes first). Each reading is
+a round trip to the driver, so a cell of many short epochs (digits: 30 in a few seconds) must not send one per
+epoch. Without `send` a meter only counts. Torch-free.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class Meter:
             self.done = epoch + 1
             self.per_epoch = self.per_epoch or self.epoch_images or None
             self.epoch_images = 0
-            self._send()
+            self._send_if_due(time.monotonic())
 
     def count(self, images: int) -> None:
         """`images` more were processed (called per batch: one clock read, no device sync)."""
@@ -42,8 +44,7 @@ class Meter:
             self.first_image_at = self.last_sent = now
         self.images += images
         self.epoch_images += images
-        if now - self.last_sent >= self.every_s:
-            self._send()
+        self._send_if_due(now)
 
     def reading(self) -> dict:
         """{"epoch": epochs done, with the running epoch's fraction once its size is known; "epochs": the
@@ -55,7 +56,7 @@ class Meter:
         return {"epoch": round(epoch, 3), "epochs": self.total,
                 "images_per_s": round(self.images / elapsed, 1) if elapsed > 0 else None}  # fmt: skip
 
-    def _send(self) -> None:
-        self.last_sent = time.monotonic()
-        if self.send is not None:
+    def _send_if_due(self, now: float) -> None:
+        if self.send is not None and now - self.last_sent >= self.every_s:
+            self.last_sent = now
             self.send(self.reading())

@@ -260,9 +260,11 @@ def start_caches() -> dict:
 class DagSearcher(Searcher):
     """Hands ready cells to Tune as trials and applies the cells' reports to the scheduler."""
 
-    def __init__(self, scheduler: Scheduler, plan: Plan, store: RunStore, progress: Progress, stop: StopSignal) -> None:
+    def __init__(self, scheduler: Scheduler, plan: Plan, store: RunStore, progress: Progress, stop: StopSignal,
+                 on_row: Callable[[dict], None] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.scheduler, self.plan, self.store, self.progress, self.stop = scheduler, plan, store, progress, stop
+        self.on_row = on_row  # told each evaluate cell's row as it finishes (grid --mlflow)
         self.caches = start_caches()  # node id -> the artifact cache there
         self.live: dict[str, list[str]] = {}  # trial id -> the keys of its batch
         self.held: dict[str, float] = {}  # trial id -> the CPUs it asked for
@@ -336,6 +338,8 @@ class DagSearcher(Searcher):
             self.scheduler.mark_done(key, event.get("node"))
             if "row" in event:
                 self.rows[key] = event["row"]
+                if self.on_row is not None:
+                    self.on_row(event["row"])
             if "compare" in event:
                 self.comparisons[key] = event["compare"]
             if not is_solo(cell):

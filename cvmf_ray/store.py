@@ -74,6 +74,12 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         raise UsageError(f"results location {uri!r} cannot be opened: {first_line(err)}") from None
 
 
+def json_bytes(value) -> bytes:
+    """A JSON file of a run as it is written: sorted keys, so the same content is the same bytes wherever it is
+    copied (cvmf_ray/tracking.py logs evaluations/KEY.json's bytes)."""
+    return json.dumps(value, indent=1, sort_keys=True, allow_nan=False, default=str).encode()
+
+
 def run_location(results_dir: str, name: str) -> str:
     """RESULTS_DIR/NAME, for a path or a URI whose query (s3://b/p?endpoint_override=...) must stay at the end.
 
@@ -204,7 +210,7 @@ class RunStore:
             return stream.read()
 
     def write_json(self, value, *parts: str) -> None:
-        self.write_bytes(json.dumps(value, indent=1, sort_keys=True, allow_nan=False, default=str).encode(), *parts)
+        self.write_bytes(json_bytes(value), *parts)
 
     def read_json(self, *parts: str):
         return json.loads(self.read_bytes(*parts))

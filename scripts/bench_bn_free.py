@@ -1,10 +1,10 @@
-"""Test accuracy and training time of the BN-free models (small_cnn_gn, vit_tiny) beside small_cnn on real
+"""Test accuracy and training time of the BN-free models (cnn5_gn, small_cnn_gn, vit_tiny) beside cnn5 on real
 Fashion-MNIST, on the CPU, with the study's short recipe.
 
     PYTHONPATH=. .venv/bin/python scripts/bench_bn_free.py [--config FILE] [--epochs N] [--quant fp32,int8,...]
 
 Each model trains with the fashionmnist recipe `--config` resolves (default configs/fashionmnist-cpu-study.yaml:
-the `cpu_study` preset, cvmf_ray/config.py, a short schedule tuned for small_cnn; the same recipe for all three,
+the `cpu_study` preset, cvmf_ray/config.py, a short schedule tuned for cnn5; the same recipe for every model,
 so the comparison is of architectures) on the 60,000 training images (the Debian package's files:
 scripts/_real_data.py), seed 0, and is evaluated on the 10,000 test images. Then each `--quant` mode
 (calibrated on 512 class-balanced retain-train images, class 0 forgotten, as the grid does): test accuracy,
@@ -35,7 +35,7 @@ from cvmf_ray.stages.train import native_bf16
 
 STUDY = Path(__file__).resolve().parent.parent / "configs" / "fashionmnist-cpu-study.yaml"
 SHORT = 20  # epochs: a recipe longer than this is no CPU benchmark (the published one is 200)
-MODELS = ("small_cnn", "small_cnn_gn", "vit_tiny")
+MODELS = ("cnn5", "cnn5_gn", "small_cnn_gn", "vit_tiny")
 
 
 def parse_args() -> argparse.Namespace:

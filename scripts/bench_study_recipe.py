@@ -38,7 +38,7 @@ TARGET = 0.90
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(CONFIG), help="whose resolved fashionmnist recipe to train")
-    parser.add_argument("--model", default="small_cnn")
+    parser.add_argument("--model", default="cnn5", help="the study CNN the preset was tuned on")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-root", help="a data root with FashionMNIST/raw (default: Debian's package)")

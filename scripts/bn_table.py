@@ -6,7 +6,8 @@
 One row per (model, method and its BatchNorm treatment), one column per deployment (quant mode + BatchNorm
 step), each cell the mean over seeds x forget sets with its range, from the run's results table through the
 report's own `aggregate` (so the numbers are those of `cvmf-ray results --aggregate` and `report.html`). Rows that
-do not apply (a BatchNorm step on a model without BatchNorm) read `n/a`.
+do not apply (a BatchNorm step on a model without BatchNorm) read `n/a`; rows whose every seed failed read
+`failed` (the row's `error` column says why: `cvmf-ray results RUN --format csv`).
 """
 
 import argparse
@@ -17,16 +18,22 @@ from cvmf_ray.driver import read_table
 from cvmf_ray.report.frame import to_frame
 from cvmf_ray.store import RunStore
 
+MARKS = {"not_applicable": "n/a", "failed": "failed"}  # status -> what a table cell without a number reads
+
 
 def bn_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    ok = frame[frame["status"] == "ok"]
-    grouped = ok.groupby(["model", "method", "quant"], observed=True)[metric]
-    cells = grouped.agg(lambda v: f"{v.mean():.2f} ({v.min():.2f}–{v.max():.2f})" if len(v) > 1 else f"{v.mean():.2f}")
-    table = cells.unstack("quant")
-    skipped = frame[frame["status"] == "not_applicable"].groupby(["model", "method", "quant"], observed=True).size()
-    for (model, method, quant), _ in skipped.items():
-        table.loc[(model, method), quant] = "n/a"
-    return table.dropna(how="all").fillna("-")
+    def cell(group: pd.DataFrame) -> str:
+        values = group.loc[group["status"] == "ok", metric]
+        if len(values) == 0:  # every row without a number says why: never a silently missing row
+            return MARKS.get(group["status"].iloc[0], "-")
+        return (
+            f"{values.mean():.2f} ({values.min():.2f}–{values.max():.2f})"
+            if len(values) > 1
+            else f"{values.mean():.2f}"
+        )
+
+    cells = frame.groupby(["model", "method", "quant"], observed=True)[["status", metric]].apply(cell)
+    return cells.unstack("quant").fillna("-")
 
 
 def main() -> None:

@@ -75,8 +75,12 @@ class _Pipe:
             self.buffer += chunk
 
 
-def open_page(path: Path, screenshot: Path | None = None, width: int = 1280, timeout: float = 60) -> PageView:
-    """Load `path` from file://, wait for its load event, and read its images and errors (+ a full-page PNG)."""
+def open_page(path: Path | str, screenshot: Path | None = None, width: int = 1280, timeout: float = 60,
+              ready: str | None = None, script: str | None = None, height: int = 900) -> PageView:  # fmt: skip
+    """Load `path` from file:// (or a URL: `http://...`), wait for its load event, and read its images and errors
+    (+ a full-page PNG). For a page that renders after loading (a web app), `ready` is a JavaScript expression
+    polled until true first, and `script` JavaScript run once then (a click), a second before the screenshot."""
+    url = path if isinstance(path, str) and "://" in path else Path(path).resolve().as_uri()
     to_browser_r, to_browser_w = os.pipe()
     from_browser_r, from_browser_w = os.pipe()
 
@@ -89,7 +93,7 @@ def open_page(path: Path, screenshot: Path | None = None, width: int = 1280, tim
     with tempfile.TemporaryDirectory() as profile:
         args = ["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run"]
         browser = subprocess.Popen(
-            [CHROMIUM, *args, f"--user-data-dir={profile}", f"--window-size={width},900", "about:blank"],
+            [CHROMIUM, *args, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=wire_fds,
@@ -99,7 +103,7 @@ def open_page(path: Path, screenshot: Path | None = None, width: int = 1280, tim
         os.close(from_browser_w)
         pipe = _Pipe(to_browser_w, from_browser_r, timeout)
         try:
-            return _inspect(pipe, Path(path).resolve().as_uri(), screenshot, width)
+            return _inspect(pipe, url, screenshot, width, height, ready, script)
         finally:
             with contextlib.suppress(OSError):
                 pipe.send("Browser.close")
@@ -112,14 +116,24 @@ def open_page(path: Path, screenshot: Path | None = None, width: int = 1280, tim
             os.close(from_browser_r)
 
 
-def _inspect(pipe: _Pipe, url: str, screenshot: Path | None, width: int) -> PageView:
+def _inspect(pipe: _Pipe, url: str, screenshot: Path | None, width: int, height: int, ready: str | None,
+             script: str | None) -> PageView:  # fmt: skip
     target = pipe.call("Target.createTarget", url="about:blank")["targetId"]
     session = pipe.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     for domain in ("Page", "Runtime", "Log"):
         pipe.call(f"{domain}.enable", session)
-    pipe.call("Emulation.setDeviceMetricsOverride", session, width=width, height=900, deviceScaleFactor=1, mobile=False)
+    pipe.call("Emulation.setDeviceMetricsOverride", session, width=width, height=height, deviceScaleFactor=1,
+              mobile=False)  # fmt: skip
     pipe.call("Page.navigate", session, url=url)
     pipe.wait_event("Page.loadEventFired")
+    deadline = time.monotonic() + pipe.timeout
+    while ready and not pipe.call("Runtime.evaluate", session, expression=f"!!({ready})")["result"]["value"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the page at {url} was not ready ({ready}) within {pipe.timeout} s")
+        time.sleep(0.2)
+    if script:
+        pipe.call("Runtime.evaluate", session, expression=script)
+        time.sleep(1)
     images = json.loads(
         pipe.call("Runtime.evaluate", session, expression=IMAGES, returnByValue=True)["result"]["value"]
     )

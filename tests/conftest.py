@@ -42,6 +42,16 @@ def train_small_cnn(digits, epochs: int | None = 6, exclude=None):
 
 
 @pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of many small trainings (`pytestmark = pytest.mark.usefixtures(...)`): on a
+    shared 2-core machine several times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def original(digits):
     """The model that saw class 0 (6 epochs)."""
     return train_small_cnn(digits)

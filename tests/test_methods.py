@@ -32,12 +32,7 @@ BOUNDS = (0.05, 0.97, 0.94)  # max forget-train, min retain-train, min retain-te
 LOOSER = {"gradient_ascent": (0.15, 0.93, 0.88), "boundary_expanding": (0.25, 0.95, 0.93)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,7 @@ LAST_BLOCK = ("cf_k", "eu_k")  # the others change any parameter, and nothing el
 FORGET = ForgetSpec("class", 0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread, as tests/test_methods.py: on a shared 2-core machine several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
