@@ -165,25 +165,20 @@ def _unlearn(job: Job) -> StageOutput:
     model = restore_model(job.parent_meta, job.parent_tensors)
     model, metrics = unlearn(model, job.data, ForgetSpec(**p["forget"]), p["method"], p["hparams"], seed=p["seed"],
                              augment=Augment(**p["augment"]), device=job.settings.device, meter=job.meter,
-                             frozen_bn=p.get("unlearn_bn") == "frozen", last_block=_last_block(p["model"]))  # fmt: skip
+                             frozen_bn=p.get("unlearn_bn") == "frozen",
+                             last_block=model_info(p["model"]).last_block)  # fmt: skip
     return StageOutput(metrics, "fp32", model.state_dict(), WEIGHTS)
-
-
-def _last_block(model: str) -> tuple[str, ...]:
-    """A registered model's last block; () for a plug-in, which declares none."""
-    info = model_info(model)
-    return info.last_block if info else ()
 
 
 def _reestimate(job: Job) -> StageOutput:
     """BatchNorm re-estimation on the images a deployer would have (`BN_SOURCES` in cvmf_ray/config.py)."""
     p, data = job.params, job.data
-    train_forget, test_forget = forget_masks(data, ForgetSpec(**p["forget"]), p["seed"])
-    images = {
-        "train": (data.train_x, data.train_y),
-        "retain": (data.train_x[~train_forget], data.train_y[~train_forget]),
-        "test": (data.test_x[~test_forget], data.test_y[~test_forget]),
-    }[p["bn_reestimate"]]
+    images = data.train_x, data.train_y
+    if p["bn_reestimate"] != "train":  # retain: the training set after deletion; test: held out, class removed
+        train_forget, test_forget = forget_masks(data, ForgetSpec(**p["forget"]), p["seed"])
+        x, y, forget = (data.train_x, data.train_y, train_forget) if p["bn_reestimate"] == "retain" else (
+            data.test_x, data.test_y, test_forget)  # fmt: skip
+        images = x[~forget], y[~forget]
     model = restore_model(job.parent_meta, job.parent_tensors)
     model, metrics = reestimate_batchnorm(
         model, *images, data.mean, data.std, batches=p["batches"], batch_size=p["batch_size"], seed=p["seed"],

@@ -426,7 +426,7 @@ def _check_last_blocks(config: GridConfig) -> None:
     from cvmf_ray.models import model_info
 
     needing = [name for name in config.methods if resolve_method(name).needs_last_block]
-    bare = [model for model in config.models if not getattr(model_info(model), "last_block", ())]
+    bare = [model for model in config.models if not model_info(model).last_block]
     if needing and bare:
         raise UsageError(f"method {needing[0]!r} needs the model's last block; model {bare[0]!r} declares none")
 
@@ -442,7 +442,7 @@ def _check_bn_control(config: GridConfig) -> None:
             f"--unlearn-bn frozen: no method of {', '.join(unlearning) or 'this grid'} trains BatchNorm (original "
             "and retrain unlearn nothing; weight-only methods run in eval mode already)"
         )
-    if not any(info is None or info.batchnorm for info in map(model_info, config.models)):
+    if not any(model_info(model).batchnorm for model in config.models):
         raise UsageError(f"--unlearn-bn frozen: no model of {', '.join(config.models)} has BatchNorm")
 
 

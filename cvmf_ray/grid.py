@@ -172,8 +172,7 @@ def expand_grid(config: GridConfig) -> Grid:
 def _treated(grid, config, recipes, base, original, forget, method, unlearn_bn):
     """Yield ((forget, method, unlearn_bn, bn_reestimate, quant), evaluate key) for one method under one BatchNorm
     treatment, through every deployment step; what cannot apply to the model is skipped with its reason."""
-    info = model_info(base["model"])
-    batchnorm = info is None or info.batchnorm  # a plug-in is taken to have it: its cells say if not
+    batchnorm = model_info(base["model"]).batchnorm  # a plug-in is taken to have it: its cells say if not
     treated = {**base, "method": method, "forget": forget.as_dict(),
                **_non_default(unlearn_bn=(unlearn_bn, ("train", None)))}  # fmt: skip
     source = None

@@ -81,11 +81,15 @@ class Progress:
             c = counts[stage]
             total = sum(c.values())
             if total:
-                busy = ", ".join(f"{c[what]} {what}" + self._inside(stage) * (what == "running")
-                                 for what in ("running", "queued") if c[what])  # fmt: skip
+                busy = ", ".join(self._states(stage, c, ("running", "queued")))
                 parts.append(f"{stage} {c['done']}/{total}" + (f" ({busy})" if busy else ""))
         failed = sum(c["failed"] for c in counts.values())
         return f"[{_clock(time.monotonic() - self.started)}] " + " · ".join(parts) + f" · failed {failed}{self._eta()}"
+
+    def _states(self, stage: str, c: Counter, whats: tuple[str, ...]) -> list[str]:
+        """'2 running: epoch 0.5/1, 489 img/s', '3 queued', …: each state of `stage` that has cells."""
+        inside = self._inside(stage) if c["running"] else ""
+        return [f"{c[what]} {what}" + (inside if what == "running" else "") for what in whats if c[what]]
 
     def _inside(self, stage: str) -> str:
         """': epoch 1.4/2, 3,100 img/s' over the stage's running cells that report from inside (summed)."""
@@ -132,8 +136,7 @@ class Progress:
         counts = self.counts()
         for stage, task in self.tasks.items():
             c = counts[stage]
-            state = " ".join(f"{c[what]} {what}" + self._inside(stage) * (what == "running")
-                             for what in ("running", "queued", "failed") if c[what])  # fmt: skip
+            state = " ".join(self._states(stage, c, ("running", "queued", "failed")))
             self.bars.update(task, completed=c["done"] + c["failed"], state=state)
 
     def close(self) -> None:

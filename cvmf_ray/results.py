@@ -188,7 +188,7 @@ def run_info(config, grid: Grid, counts: dict, started: float, finished: float) 
         "grid_digest": grid.digest,
         "counts": {stage: dict(c) for stage, c in counts.items()},
         "versions": versions,
-        "hardware": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "gpus": _gpu_names()},
+        "hardware": {"cpu": cpu_name(), "cpus": os.cpu_count(), "gpus": _gpu_names()},
         "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
         "finished": datetime.fromtimestamp(finished).isoformat(timespec="seconds"),
         "wall_seconds": finished - started,
@@ -215,7 +215,8 @@ def _gpu_names() -> list[str]:
     return [name.strip() for name in query.stdout.splitlines() if name.strip()] if query.returncode == 0 else []
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, for a run's metadata and the benchmarks' machine lines."""
     try:
         with open("/proc/cpuinfo") as info:
             return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))

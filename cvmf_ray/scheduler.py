@@ -18,6 +18,7 @@ import heapq
 import itertools
 from collections import Counter
 
+from cvmf_ray.datasets import DATASETS
 from cvmf_ray.grid import STAGES, Cell, Grid
 
 WAITING, READY, RUNNING, DONE, FAILED, BLOCKED = "waiting", "ready", "running", "done", "failed", "blocked"
@@ -45,11 +46,7 @@ def cell_work(cell: Cell) -> float:
     the forget set); evaluation: every train and test image once (forward passes plus the attacks' and metrics'
     own work, measured on Fashion-MNIST at about a training epoch's time); BatchNorm re-estimation: its batches;
     quantization: its calibration images; a comparison reads logits only."""
-    from cvmf_ray.datasets import DATASETS
-
     p = cell.params
-    if "dataset" not in p:
-        return 0.0
     spec = DATASETS.get(p["dataset"])
     images = {
         "train": lambda: p["recipe"]["epochs"] * spec.train_size,

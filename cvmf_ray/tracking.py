@@ -222,8 +222,11 @@ class Tracker:
     def sync(self, entries: list[Entry], parent: str | None = None) -> Counter:
         """Make MLflow hold `entries` as runs nested under `parent` (default: the grid's run). Returns how many
         runs were new, updated and unchanged."""
+        parent = parent or self.parent_id
+        if len(entries) == 1:  # a live row or a study's run: no pool of threads for one request chain
+            return Counter([self._send(entries[0], parent)])
         with ThreadPoolExecutor(THREADS) as pool:
-            return Counter(pool.map(lambda entry: self._send(entry, parent or self.parent_id), entries))
+            return Counter(pool.map(lambda entry: self._send(entry, parent), entries))
 
     def _send(self, entry: Entry, parent: str | None) -> str:
         """Create the run or send what it lacks: metrics, params and tags in one log_batch, the artifact until the

@@ -28,6 +28,7 @@ from cvmf_ray.config import load_config
 from cvmf_ray.forget import ForgetSpec
 from cvmf_ray.models import create_model
 from cvmf_ray.quant import QUANT_MODES
+from cvmf_ray.results import cpu_name
 from cvmf_ray.stages import quantize, train
 from cvmf_ray.stages.evaluate import predict
 from cvmf_ray.stages.quantize import calibration_images
@@ -50,10 +51,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} CPUs ({platform.machine()}), {gpu}; torch {torch.__version__}, "
+    return (f"{cpu_name()}, {os.cpu_count()} CPUs ({platform.machine()}), {gpu}; torch {torch.__version__}, "
             f"{torch.get_num_threads()} torch threads; Python {platform.python_version()}")  # fmt: skip
 
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.*
-from cvmf_ray.results import _cpu_name  # noqa: E402
+from cvmf_ray.results import cpu_name  # noqa: E402
 from cvmf_ray.schema import RUN_METADATA  # noqa: E402
 from cvmf_ray.store import RunStore  # noqa: E402
 from cvmf_ray.tracking import export  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> None:
         if pa.types.is_floating(column.type):
             table = table.set_column(i, table.field(i), pc.if_else(pc.is_nan(column), None, column))
     table = table.replace_schema_metadata({RUN_METADATA: json.dumps({**info, "grid_digest": "bench-mlflow"})})
-    print(f"# {_cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}; Python "
+    print(f"# {cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}; Python "
           f"{platform.python_version()}, mlflow {importlib.metadata.version('mlflow')}; server: sqlite, "
           f"{workers or 'default (4)'} workers, on this machine")  # fmt: skip
     with tempfile.TemporaryDirectory() as folder, mlflow_server(Path(folder), workers) as uri:

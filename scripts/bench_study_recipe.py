@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from _real_data import fashion_mnist
 
 from cvmf_ray.config import TrainRecipe, load_config
 from cvmf_ray.models import create_model
+from cvmf_ray.results import cpu_name
 from cvmf_ray.stages.evaluate import predict
 from cvmf_ray.stages.train import native_bf16, train
 
@@ -53,14 +53,6 @@ def resolved_recipe(config: str, overrides: list[str]) -> TrainRecipe:
         name, _, raw = item.partition("=")
         values[name] = yaml.safe_load(raw)
     return TrainRecipe.model_validate(values)
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "cpu"
 
 
 def run_seed(model_name: str, data, recipe: TrainRecipe, seed: int) -> tuple[float, float, float, float]:

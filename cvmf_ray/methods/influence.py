@@ -25,6 +25,7 @@ from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
 from cvmf_ray.methods._common import Count, Positive
 from cvmf_ray.methods.fisher import functional, samples_per_chunk
+from cvmf_ray.methods.ssd import importance_sum
 
 GRADIENT_BATCH = 256  # SalUn's batch for the mean gradients, whose value does not depend on it (eval mode)
 
@@ -37,12 +38,12 @@ class InfluenceParams:
 
 def gradient_sum(model, data: UnlearnData, which: str) -> torch.Tensor:
     """Σ over the `which` set of the per-sample cross-entropy gradients, flattened over all parameters."""
-    params = list(model.parameters())
-    total = torch.zeros(sum(p.numel() for p in params), device=data.device)
-    for x, y in data.loader(which, GRADIENT_BATCH, augment=False).epoch(data.seed, shuffle=False):
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), params, materialize_grads=True)
-        total += torch.cat([g.flatten() for g in grads])
-    return total
+    total, _ = importance_sum(model, data, which, GRADIENT_BATCH, _summed_gradient)
+    return torch.cat([t.flatten() for t in total])
+
+
+def _summed_gradient(model, x, y, params) -> tuple:
+    return torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), params, materialize_grads=True)
 
 
 def sample_gradients(model, data: UnlearnData, samples: int):

@@ -38,10 +38,11 @@ def register_model(name: str, *, batchnorm: bool = True, last_block: tuple[str, 
     return MODELS.register(name)
 
 
-def model_info(name: str) -> ModelInfo | None:
-    """A registered model's info; None for a plug-in (`pkg.mod:fn`), of which nothing is known before it runs."""
+def model_info(name: str) -> ModelInfo:
+    """A registered model's info. A plug-in (`pkg.mod:fn`) declares nothing, so it gets the defaults: taken to
+    have BatchNorm (its cells say if not) and no last block."""
     MODELS.get(name)  # an unknown name is a UsageError
-    return MODEL_INFO.get(name)
+    return MODEL_INFO.get(name, ModelInfo())
 
 
 def create_model(name: str, in_channels: int, num_classes: int) -> nn.Module:

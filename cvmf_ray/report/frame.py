@@ -47,8 +47,8 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
     frozen = frame["unlearn_bn"] == "frozen"
     frame["method"] = frame["method"].where(~frozen, frame["method"] + FROZEN)
     methods = [label for m in dict.fromkeys([*grid_methods, *frame["method"]]) for label in (m, m + FROZEN)]
-    frame["method"] = pd.Categorical(frame["method"], [m for m in dict.fromkeys(methods) if m in set(frame["method"])],
-                                     ordered=True)  # fmt: skip
+    present = set(frame["method"])
+    frame["method"] = pd.Categorical(frame["method"], [m for m in dict.fromkeys(methods) if m in present], ordered=True)
     recorded = (
         frame.groupby("quant")["weight_bits"].first().dropna() if "weight_bits" in frame else pd.Series(dtype=float)
     )
@@ -57,7 +57,8 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
     frame["quant_mode"] = frame["quant"]
     frame["quant"] = [deployment(q, step) for q, step in zip(frame["quant"], frame["bn_reestimate"], strict=True)]
     order = [deployment(q, step) for q in quant_order(bits) for step in BN_SOURCES]
-    frame["quant"] = pd.Categorical(frame["quant"], [d for d in order if d in set(frame["quant"])], ordered=True)
+    present = set(frame["quant"])
+    frame["quant"] = pd.Categorical(frame["quant"], [d for d in order if d in present], ordered=True)
     frame["weight_bits"] = frame["quant_mode"].map(bits).astype(float)
     frame["forget"] = [
         _forget_label(c, f) for c, f in zip(frame["forget_class"], frame["forget_fraction"], strict=True)

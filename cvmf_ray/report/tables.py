@@ -12,6 +12,7 @@ from tabulate import tabulate
 
 from cvmf_ray.report.frame import GROUP, to_frame
 from cvmf_ray.report.stats import INTERVAL, estimate, ranking
+from cvmf_ray.schema import NOT_APPLICABLE
 
 KEY_METRICS = {  # results column -> its short, unambiguous header; the order of the summary's columns
     "test_accuracy": "test_acc",
@@ -103,8 +104,8 @@ def format_rows(table: pa.Table) -> str:
     metrics = [m for m in ROW_METRICS if m in frame.columns]
     view = frame[["model", "dataset", "seed", "forget", "method", "quant", *metrics, "status"]]
     counts = frame["status"].value_counts()
-    tally = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "failed", "pending", "not_applicable") if
-                      counts.get(s, 0) or s != "not_applicable")  # fmt: skip
+    tally = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "failed", "pending", NOT_APPLICABLE) if
+                      counts.get(s, 0) or s != NOT_APPLICABLE)  # fmt: skip
     return (
         _terminal(view.rename(columns=KEY_METRICS), ["model", "dataset", "seed", "forget"])
         + f"\n{len(frame)} rows: {tally}"

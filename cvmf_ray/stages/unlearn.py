@@ -14,6 +14,7 @@ from cvmf_ray.errors import CellError
 from cvmf_ray.forget import ForgetSpec, forget_mask
 from cvmf_ray.meter import Meter
 from cvmf_ray.methods import UnlearnData, resolve_method
+from cvmf_ray.stages.reestimate import batchnorm_layers
 
 
 def unlearn(
@@ -72,9 +73,7 @@ def _batchnorm_frozen(model: nn.Module):
     def to_eval(layer, args) -> None:
         layer.training = False
 
-    hooks = [
-        m.register_forward_pre_hook(to_eval) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
+    hooks = [layer.register_forward_pre_hook(to_eval) for layer in batchnorm_layers(model)]
     try:
         yield
     finally:
