@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,18 +20,21 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from cvmf_ray.config import RelearnParams, TrainRecipe
+from cvmf_ray.config import TUNED, RelearnParams, TrainRecipe
 from cvmf_ray.data import Augment
 from cvmf_ray.datasets import DATASETS, ImageData
+from cvmf_ray.errors import CellError, Diverged, MissingInput
 from cvmf_ray.evidence.mechanism import quant_update, quantized_weight_names
 from cvmf_ray.evidence.relearn import dequantized_copy, relearn
 from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks
 from cvmf_ray.grid import Cell
 from cvmf_ray.meter import Meter
 from cvmf_ray.models import create_model, model_info
+from cvmf_ray.objective import WORST, best_trial, diverged, mean_over_seeds
 from cvmf_ray.quant import QUANT_MODES, tensor_bytes
 from cvmf_ray.stages import compare, evaluate, quantize, reestimate_batchnorm, train, unlearn
 from cvmf_ray.stages.quantize import calibration_images
+from cvmf_ray.stages.tune import Holdout, TuningSamples, holdout, probe
 from cvmf_ray.store import OUTPUTS, WEIGHTS, CorruptArtifact
 
 Loader = Callable[[str], tuple[dict, dict[str, torch.Tensor]]]
@@ -62,6 +66,19 @@ def load_dataset(name: str, root: str) -> ImageData:
     return DATASETS.get(name).load_data(root)
 
 
+@functools.lru_cache(maxsize=2)
+def load_split(name: str, root: str, fraction: float, seed: int) -> tuple[ImageData, tuple]:
+    """A tuning grid's data: the training set without its validation split, and the split (stages/tune.py)."""
+    return holdout(load_dataset(name, root), Holdout(fraction, seed))
+
+
+def cell_data(params: dict, root: str) -> tuple[ImageData, tuple | None]:
+    """What a cell computes on: the dataset, less the validation split in a tuning grid (then also the split)."""
+    if "holdout" in params:
+        return load_split(params["dataset"], root, **params["holdout"])
+    return load_dataset(params["dataset"], root), None
+
+
 def build_model(params: dict) -> nn.Module:
     spec = DATASETS.get(params["dataset"])
     return create_model(params["model"], spec.in_channels, spec.num_classes)
@@ -90,8 +107,9 @@ def encode(tensors: dict[str, torch.Tensor]) -> bytes:
 def lineage_of(meta: dict) -> dict:
     """A reader's lineage: its parent's, plus the parent's own metrics (and hyperparameters, for unlearning)."""
     entry = {"key": meta["key"], "metrics": meta["metrics"]}
-    if meta["stage"] == "unlearn":
-        entry["hparams"] = meta["params"]["hparams"]
+    if meta["stage"] == "unlearn":  # a tuned method's values are its study's choice, in its metrics
+        entry["hparams"] = meta["metrics"]["tuned"]["hparams"] if "study" in meta["params"] else meta["params"][
+            "hparams"]  # fmt: skip
     return {**meta.get("lineage", {}), meta["stage"]: entry}
 
 
@@ -108,6 +126,8 @@ class Job:
     resume: dict | None = None
     on_epoch: Callable[[int, dict], None] | None = None
     meter: Meter | None = None  # progress inside a training or unlearning cell
+    validation: tuple | None = None  # a tuning grid's validation split (images, labels)
+    hparams: dict | None = None  # a tuning trial's values, from its study's searcher
 
     @property
     def params(self) -> dict:
@@ -130,12 +150,15 @@ def execute_cell(
     resume: dict | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
     meter: Meter | None = None,
+    hparams: dict | None = None,
 ) -> Artifact:
-    """Run `cell` and return its artifact (the caller saves it); `meter` follows a training or unlearning."""
+    """Run `cell` and return its artifact (the caller saves it); `meter` follows a training or unlearning, and a
+    tuning trial runs with `hparams`."""
     torch.manual_seed(cell.params.get("seed", 0))
-    data = load_dataset(cell.params["dataset"], settings.data_root)
+    data, validation = cell_data(cell.params, settings.data_root)
     parent_meta, parent_tensors = load(cell.parent) if cell.parent is not None else ({}, {})
-    job = Job(cell, data, parent_meta, parent_tensors, load, settings, resume, on_epoch, meter)
+    job = Job(cell, data, parent_meta, parent_tensors, load, settings, resume=resume, on_epoch=on_epoch, meter=meter,
+              validation=validation, hparams=hparams)  # fmt: skip
     started_at = time.time()
     out = STAGE_RUNNERS[cell.stage](job)
     finished_at = time.time()  # the stage function's own span, for scripts/bench_grid.py
@@ -162,12 +185,87 @@ def _train(job: Job) -> StageOutput:
 
 def _unlearn(job: Job) -> StageOutput:
     p = job.params
+    tuned = _chosen(job) if "study" in p else None
     model = restore_model(job.parent_meta, job.parent_tensors)
-    model, metrics = unlearn(model, job.data, ForgetSpec(**p["forget"]), p["method"], p["hparams"], seed=p["seed"],
-                             augment=Augment(**p["augment"]), device=job.settings.device, meter=job.meter,
-                             frozen_bn=p.get("unlearn_bn") == "frozen",
-                             last_block=model_info(p["model"]).last_block)  # fmt: skip
+    model, metrics = _unlearn_model(job, model, p["seed"], tuned["hparams"] if tuned else p["hparams"])
+    if tuned:
+        metrics["tuned"] = tuned
     return StageOutput(metrics, "fp32", model.state_dict(), WEIGHTS)
+
+
+def _unlearn_model(job: Job, model: nn.Module, seed: int, hparams: dict) -> tuple[nn.Module, dict]:
+    p = job.params
+    return unlearn(model, job.data, ForgetSpec(**p["forget"]), p["method"].removesuffix(TUNED), hparams, seed=seed,
+                   augment=Augment(**p["augment"]), device=job.settings.device, meter=job.meter,
+                   frozen_bn=p.get("unlearn_bn") == "frozen", last_block=model_info(p["model"]).last_block)  # fmt: skip
+
+
+def _chosen(job: Job) -> dict:
+    """The study's choice, from its trials' metas (`objective.best_trial`): {"study", "trial", "objective",
+    "hparams", "trials"}, `trials` the numbers of those that had finished (the driver reruns this cell when
+    another finishes later). A failed trial (a missing input) or a diverged one is never chosen."""
+    trials = {}
+    for name, key in job.cell.inputs.items():
+        try:
+            trials[int(name.removeprefix("trial:"))] = job.load(key)[0]["metrics"]
+        except MissingInput:
+            continue
+    number = best_trial(trials)
+    if number is None:
+        raise CellError(f"no trial of study {job.params['study']} finished without diverging ({len(trials)} of "
+                        f"{len(job.cell.inputs)} ran): nothing to choose from")  # fmt: skip
+    return {"study": job.params["study"], "trial": number, "objective": trials[number]["objective"],
+            "hparams": trials[number]["hparams"], "trials": sorted(trials)}  # fmt: skip
+
+
+def _tune(job: Job) -> StageOutput:
+    """One tuning trial: unlearn each tuning seed's original with the suggested values, score against the
+    seed's retrain on bounded samples of the validation split and the training set (stages/tune.py)."""
+    p, data, device = job.params, job.data, job.settings.device
+    per_seed, unlearn_seconds, eval_seconds = [], 0.0, 0.0
+    for seed in p["seeds"]:
+        samples = TuningSamples.draw(data, job.validation, ForgetSpec(**p["forget"]), seed, p["samples"])
+        original = restore_model(*_required(job, f"original:{seed}"))
+        try:
+            model, metrics = _unlearn_model(job, original, seed, job.hparams)
+        except Diverged as err:  # the worst score, and the searcher learns so
+            return StageOutput({"status": "diverged", "error": str(err), "hparams": job.hparams,
+                                "objective": WORST, "unlearn_seconds": unlearn_seconds})  # fmt: skip
+        unlearn_seconds += metrics["unlearn_seconds"]
+        started = time.perf_counter()
+        probed = probe(model.to(device), samples, data.mean, data.std, device)
+        eval_seconds += time.perf_counter() - started
+        retrain = _retrain_probe(job, f"retrain:{seed}", samples)
+        per_seed.append({**probed, **{f"retrain_{name}": value for name, value in retrain.items()}})
+    scored = mean_over_seeds(per_seed)
+    outcome = {"status": "ok"}
+    if diverged(scored):
+        outcome = {"status": "diverged", "error": "the unlearnt model's outputs are not finite (NaN or inf)"}
+    finite = {k: v if v is None or math.isfinite(v) else None for k, v in scored.items()}  # JSON has no NaN
+    return StageOutput({**outcome, **finite, "hparams": job.hparams, "unlearn_seconds": unlearn_seconds,
+                        "eval_seconds": eval_seconds})  # fmt: skip
+
+
+def _required(job: Job, role: str) -> tuple[dict, dict]:
+    """A trial's original or retrain: without it there is nothing to score."""
+    try:
+        return job.load(job.cell.inputs[role])
+    except MissingInput:
+        raise CellError(f"its {role.split(':')[0]} (seed {role.split(':')[1]}) did not finish") from None
+
+
+_RETRAIN_PROBES: dict[tuple, dict] = {}  # (retrain key, cap) -> its probe: a warm process scores many trials by it
+RETRAIN_PROBES_KEPT = 64  # a few hundred bytes each
+
+
+def _retrain_probe(job: Job, role: str, samples: TuningSamples) -> dict:
+    cached = (job.cell.inputs[role], job.params["samples"])
+    if cached not in _RETRAIN_PROBES:
+        if len(_RETRAIN_PROBES) >= RETRAIN_PROBES_KEPT:
+            _RETRAIN_PROBES.clear()
+        model = restore_model(*_required(job, role)).to(job.settings.device)
+        _RETRAIN_PROBES[cached] = probe(model, samples, job.data.mean, job.data.std, job.settings.device)
+    return _RETRAIN_PROBES[cached]
 
 
 def _reestimate(job: Job) -> StageOutput:
@@ -229,6 +327,6 @@ def _compare(job: Job) -> StageOutput:
 
 
 STAGE_RUNNERS: dict[str, Callable[[Job], StageOutput]] = {
-    "train": _train, "unlearn": _unlearn, "reestimate": _reestimate, "quantize": _quantize, "evaluate": _evaluate,
-    "compare": _compare,
+    "train": _train, "tune": _tune, "unlearn": _unlearn, "reestimate": _reestimate, "quantize": _quantize,
+    "evaluate": _evaluate, "compare": _compare,
 }  # fmt: skip

@@ -33,7 +33,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-GRID, RESOURCES, OUTPUT = "Grid", "Resources", "Output"
+GRID, TUNING, RESOURCES, OUTPUT = "Grid", "Tuning", "Resources", "Output"
 
 
 def _option(help: str, panel: str = GRID, **kwargs):
@@ -114,6 +114,21 @@ def grid(
     dry_run: Annotated[bool, _option("Print the expanded grid and run nothing.", OUTPUT)] = False,
     resume: Annotated[bool, _option("Reuse an existing run's finished cells (default on).", OUTPUT)] = True,
     dashboard: Annotated[bool, _option("Start Ray's dashboard on 127.0.0.1.", RESOURCES)] = False,
+    tune: Annotated[
+        str | None,
+        _option(
+            "Comma-separated methods to tune against retrain, or 'all' (every unlearning method of --methods): one "
+            "Optuna (TPE) study per model, dataset, forget set and method, scored on a validation split held out of "
+            "the training set; the chosen values run as METHOD@tuned on the seeds not tuned on (default none).",
+            TUNING,
+        ),
+    ] = None,
+    tune_trials: Annotated[
+        int | None, _option("Trials per tuning study, the same for every method (default 20).", TUNING)
+    ] = None,  # fmt: skip
+    tune_seeds: Annotated[
+        str | None, _option("Comma-separated seeds the searches run on (default: the first of --seeds).", TUNING)
+    ] = None,
     relearn: Annotated[
         bool | None,
         _option(
@@ -168,6 +183,9 @@ def grid(
         max_failures=max_failures,
         dashboard=dashboard or None,
         relearn=relearn,
+        tune_methods=tune,
+        tune_trials=tune_trials,
+        tune_seeds=tune_seeds,
     )
     expanded = expand_grid(cfg)
     if mlflow is not None:
@@ -319,7 +337,8 @@ def report(
     ] = None,
 ) -> None:
     """Write report.html (self-contained), figures (PNG + PDF) and tables (CSV, Markdown, LaTeX) from a run's
-    results.parquet: means with 95% intervals over seeds and forget sets, recovery heatmaps, per-class views.
+    results.parquet: means with 95% intervals over seeds and forget sets, recovery heatmaps, per-class views;
+    with the run's tuning.parquet, each tuning study's trials and its tuned against published values.
 
     Example: cvmf-ray report results/default && open results/default/report/report.html
     """
@@ -328,7 +347,8 @@ def report(
         raise UsageError(f"{run_dir!r} is not a local folder: give --out DIR for the report")
     from cvmf_ray.report import write_report
 
-    files = write_report(_read_table(store), out or Path(store.path("report")), title=run_dir)
+    table, tuning = _read_table(store), _read_tuning(store)
+    files = write_report(table, out or Path(store.path("report")), title=run_dir, tuning=tuning)
     echo(f"wrote {files[0]} and {len(files) - 1} figure and table files")
 
 
@@ -353,7 +373,7 @@ def export(
 
     check(mlflow)
     store = _readable_run(run_dir)
-    echo(export_run(store, _read_table(store), mlflow, experiment))
+    echo(export_run(store, _read_table(store), _read_tuning(store), mlflow, experiment))
 
 
 def _readable_run(run_dir: str):
@@ -368,6 +388,12 @@ def _read_table(store):
     from cvmf_ray.driver import read_table
 
     return read_table(store, lambda message: print(message, file=sys.stderr))
+
+
+def _read_tuning(store):
+    from cvmf_ray.driver import read_tuning
+
+    return read_tuning(store, lambda message: print(message, file=sys.stderr))
 
 
 class Registry(str, Enum):

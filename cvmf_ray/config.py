@@ -143,6 +143,51 @@ BN_SOURCES = ("none", "train", "retain", "test")
 UNLEARN_BN = ("train", "frozen")
 
 
+def comma_list(value: Any) -> Any:
+    """'a, b' -> ['a', 'b'] (the command line's form, accepted in YAML too); a lone number -> [number]."""
+    if isinstance(value, str):
+        return value.strip() if value.strip() == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
+def each_once(value: Any) -> Any:
+    """One rule for every list: an entry given twice is a mistake (a grid would compute it once)."""
+    if isinstance(value, list):
+        twice = next((v for i, v in enumerate(value) if v in value[:i]), None)
+        if twice is not None:
+            raise ValueError(f"{twice!r} is listed twice")
+    return value
+
+
+TUNED = "@tuned"  # a tuned method's name in the results: `gradient_ascent@tuned` beside `gradient_ascent`
+
+
+class TuneSettings(BaseModel):
+    """`tune:` (the command line's --tune, --tune-trials, --tune-seeds): methods tuned against the retrained model.
+
+    One study per (model, dataset, forget set, method) runs `trials` trials on the tuning `seeds` (default: the
+    grid's first), scored on a stratified validation split of the training set (`validation_fraction` of each class,
+    drawn with `validation_seed`) that every original and retrain of the grid trains without; each split a trial
+    is scored on is capped at `samples` images. The chosen values then run, as METHOD@tuned, on the grid's other
+    seeds. `spaces` overrides a method's search space per parameter (cvmf_ray/search_space.py).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    methods: list[str] | Literal["all"] = []
+    trials: Count = 20
+    seeds: list[Seed] | None = None
+    validation_fraction: OpenFraction = 0.1
+    validation_seed: Seed = 0
+    samples: Count = 1024
+    spaces: dict[str, dict[str, Any]] = {}
+
+    _split_commas = field_validator("methods", "seeds", mode="before")(comma_list)
+    _each_once = field_validator("methods", "seeds")(each_once)
+
+
 class GridConfig(BaseModel):
     """Everything `cvmf-ray grid` needs: what to compute (lists), how to train, where and how to run."""
 
@@ -171,6 +216,7 @@ class GridConfig(BaseModel):
     # al. 2022); batches of the dataset's training batch size unless given (a deployer's training loader)
     bn_reestimate_batches: Count = 100
     bn_reestimate_batch_size: Count | None = None
+    tune: TuneSettings = TuneSettings()  # methods tuned against retrain (TuneSettings says how)
     relearn: bool = False  # measure every evaluated model's relearn time (its evaluate cell fine-tunes a copy)
     relearn_params: RelearnParams = RelearnParams()  # how (its docstring says why each default)
     data_root: str = Field("~/.cache/cvmf-ray/data", validate_default=True)  # made absolute (trials run elsewhere)
@@ -184,24 +230,8 @@ class GridConfig(BaseModel):
     max_failures: int = Field(1, ge=-1, le=MAX_COUNT)
     dashboard: bool = False
 
-    @field_validator(*LISTS, mode="before")
-    @classmethod
-    def _split_commas(cls, value: Any) -> Any:
-        """'a, b' -> ['a', 'b'] (the command line's form, accepted in YAML too); a lone number -> [number]."""
-        if isinstance(value, str):
-            return value.strip() if value.strip() == "all" else [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return [value]
-        return value
-
-    @field_validator(*LISTS)
-    @classmethod
-    def _each_once(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            twice = next((v for i, v in enumerate(value) if v in value[:i]), None)
-            if twice is not None:
-                raise ValueError(f"{twice!r} is listed twice")
-        return value
+    _split_commas = field_validator(*LISTS, mode="before")(comma_list)
+    _each_once = field_validator(*LISTS)(each_once)
 
     @field_validator("models", "datasets", "methods", "quant", "seeds", "bn_reestimate", "unlearn_bn")
     @classmethod
@@ -242,6 +272,24 @@ class GridConfig(BaseModel):
         if self.forget_classes == [] and not self.forget_fractions:
             raise ValueError("no forget set: give --forget-classes or --forget-fractions")
         return self
+
+    @property
+    def tuned(self) -> list[str]:
+        """The methods tuned, `all` resolved to every unlearning method of `methods`."""
+        if self.tune.methods == "all":
+            return [m for m in self.methods if m not in ("original", "retrain")]
+        return list(self.tune.methods)
+
+    @property
+    def tuning_seeds(self) -> list[int]:
+        return list(self.tune.seeds) if self.tune.seeds is not None else self.seeds[:1]
+
+    @property
+    def holdout(self) -> dict | None:
+        """The validation split every cell of a tuning grid leaves out of its training set; None without tuning."""
+        if not self.tuned:
+            return None
+        return {"fraction": self.tune.validation_fraction, "seed": self.tune.validation_seed}
 
     def recipe_for(self, dataset: str) -> TrainRecipe:
         """The recipe `dataset` trains with: built-in (published) < the dataset's own < the `recipe:` preset <
@@ -284,13 +332,20 @@ def load_config(path: str | Path | None = None, **options: Any) -> GridConfig:
         values["train"] = {**values.get("train", {}), "compile": given.pop("compile")}
     if "method_params" in given:
         given["method_params"] = _merged_method_params(values.get("method_params"), given["method_params"])
+    tune_given = {TUNE_OPTIONS[name]: given.pop(name) for name in list(given) if name in TUNE_OPTIONS}
+    if tune_given and isinstance(values.get("tune", {}), dict):  # otherwise the file's `tune:` is refused below
+        values["tune"] = {**values.get("tune", {}), **tune_given}
     values.update(given)
     try:
         config = GridConfig.model_validate(values)
     except ValidationError as err:
-        raise _usage_error(err.errors()[0], set(given), path) from None
+        tune_options = {option for option, name in TUNE_OPTIONS.items() if name in tune_given}
+        raise _usage_error(err.errors()[0], {*given, *tune_options}, path) from None
     _check(config)
     return config
+
+
+TUNE_OPTIONS = {"tune_methods": "methods", "tune_trials": "trials", "tune_seeds": "seeds"}  # --tune-trials -> tune
 
 
 def _usage_error(error: dict, command_line: set[str], path: str | Path | None) -> UsageError:
@@ -304,7 +359,12 @@ def _usage_error(error: dict, command_line: set[str], path: str | Path | None) -
     in_file = f" in config file {str(path)!r}" if path is not None else ""
     if error["type"] in ("extra_forbidden", "invalid_key"):
         return UsageError(f"unknown option {dotted!r}{in_file}")
-    where = "--" + key.replace("_", "-") if key in command_line and dotted == key else f"{dotted!r}{in_file}"
+    option = key
+    if key == "tune" and len(loc) > 1:  # --tune, --tune-trials, --tune-seeds fill the `tune:` section
+        option = next((o for o, name in TUNE_OPTIONS.items() if name == loc[1]), key)
+    from_command_line = option in command_line and (option != key or dotted == key)
+    flag = "--tune" if option == "tune_methods" else "--" + option.replace("_", "-")
+    where = flag if from_command_line else f"{dotted!r}{in_file}"
     return UsageError(f"invalid value {error['input']!r} for {where}: {message}")
 
 
@@ -410,6 +470,8 @@ def _check(config: GridConfig) -> None:
         for spec in specs:
             method.resolve_params(config.method_params.get(name, {}), config.unlearn_epochs, spec.name)
     _check_last_blocks(config)
+    if config.tune.methods or config.tune.model_fields_set - {"methods"}:
+        _check_tuning(config, specs)
     for spec in specs:
         _check_forget_sets(config, spec)
     if "frozen" in config.unlearn_bn:
@@ -420,12 +482,43 @@ def _check(config: GridConfig) -> None:
         _check_local_resources(config)
 
 
+def _check_tuning(config: GridConfig, specs) -> None:
+    """Tuned methods exist and unlearn something, retrain is there to score against, the tuning seeds are the
+    grid's and leave one to evaluate on, and every search space parses."""
+    from cvmf_ray.methods import resolve_method
+    from cvmf_ray.search_space import method_space
+
+    if not config.tune.methods:
+        given = sorted(config.tune.model_fields_set - {"methods"})[0]
+        flag = {"trials": "--tune-trials ", "seeds": "--tune-seeds "}.get(given, "")
+        raise UsageError(f"{flag}(tune.{given}) is given but no method is tuned: add --tune METHODS (YAML "
+                         "tune.methods)")  # fmt: skip
+    if config.tune.methods == "all" and not config.tuned:
+        raise UsageError("--tune all: --methods has no unlearning method to tune (only original and retrain)")
+    for name in config.tuned:
+        if name in ("original", "retrain"):
+            raise UsageError(f"--tune {name}: only unlearning methods are tuned (original and retrain have no values)")
+        resolve_method(name)
+    if "retrain" not in config.methods:
+        raise UsageError("--tune needs retrain in --methods: every trial is scored against the retrained model")
+    outside = [seed for seed in config.tuning_seeds if seed not in config.seeds]
+    if outside:
+        raise UsageError(f"--tune-seeds {outside[0]} is not a seed of the grid (--seeds {config.seeds})")
+    if set(config.seeds) <= set(config.tuning_seeds):
+        which = "--tune-seeds" if config.tune.seeds is not None else "the tuning seed (the first of --seeds)"
+        raise UsageError(f"{which} {config.tuning_seeds} leaves no seed of --seeds {config.seeds} to evaluate the "
+                         "tuned values on: add a seed to --seeds")  # fmt: skip
+    for name in dict.fromkeys([*config.tuned, *config.tune.spaces]):
+        for spec in specs:
+            method_space(resolve_method(name), config.recipe_for(spec.name).epochs, config.tune.spaces.get(name))
+
+
 def _check_last_blocks(config: GridConfig) -> None:
     """CF-k and EU-k train the model's last block: each model of the grid declares one (a plug-in cannot)."""
     from cvmf_ray.methods import resolve_method
     from cvmf_ray.models import model_info
 
-    needing = [name for name in config.methods if resolve_method(name).needs_last_block]
+    needing = [name for name in [*config.methods, *config.tuned] if resolve_method(name).needs_last_block]
     bare = [model for model in config.models if not model_info(model).last_block]
     if needing and bare:
         raise UsageError(f"method {needing[0]!r} needs the model's last block; model {bare[0]!r} declares none")
@@ -436,7 +529,7 @@ def _check_bn_control(config: GridConfig) -> None:
     from cvmf_ray.methods import resolve_method
     from cvmf_ray.models import model_info
 
-    unlearning = [m for m in config.methods if m not in ("original", "retrain")]
+    unlearning = [m for m in dict.fromkeys([*config.methods, *config.tuned]) if m not in ("original", "retrain")]
     if not any(resolve_method(m).trains_bn for m in unlearning):
         raise UsageError(
             f"--unlearn-bn frozen: no method of {', '.join(unlearning) or 'this grid'} trains BatchNorm (original "

@@ -21,11 +21,12 @@ from cvmf_ray.config import GridConfig
 from cvmf_ray.errors import Interrupted, UsageError, first_line
 from cvmf_ray.grid import Grid
 from cvmf_ray.progress import Progress
-from cvmf_ray.results import assemble, evaluation_row, failed_row, rows_from_table, run_info
+from cvmf_ray.results import assemble, evaluation_row, failed_row, rows_from_table, run_info, tuning_row, tuning_table
 from cvmf_ray.runner import DagSearcher, RunStopped, Signals, StopSignal, connect, fit
 from cvmf_ray.scheduler import BLOCKED, DONE, FAILED, Scheduler
 from cvmf_ray.schema import RUN_METADATA
 from cvmf_ray.store import CorruptArtifact, RunStore
+from cvmf_ray.studies import Studies
 
 READERS = 16  # parallel storage reads when rows must be recovered file by file (latency, not bandwidth)
 
@@ -46,6 +47,9 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
     if len(done) == len(grid.cells) and _describes(previous, grid):
         log(f"run {store.display()}: all {len(grid.cells)} cells are finished; nothing to run")
         return Outcome(previous, ran=False)
+    trials = _finished_trials(store, grid, done)
+    done -= {key for key in grid.stage_keys("tune") if key in done and key not in trials}  # damaged: run again
+    done -= _stale_choices(store, grid, done)
     rows, comparisons = rows_from_table(previous, done) if previous is not None else ({}, {})
     for stage, into in (("evaluate", rows), ("compare", comparisons)):
         missing = [c.key for c in grid.stage(stage) if c.key in done and c.key not in into]
@@ -57,15 +61,21 @@ def run(config: GridConfig, grid: Grid, store: RunStore, log, verbose: bool = Fa
         _prepare(store, grid)
         searcher, stopped = None, None
     else:
-        searcher, stopped = _run_cells(config, grid, store, scheduler, log, verbose, stop, on_row)
+        searcher, stopped = _run_cells(config, grid, store, scheduler, log, verbose, stop, on_row, trials)
         rows.update(searcher.rows if searcher else {})
         comparisons.update(searcher.comparisons if searcher else {})
+        trials.update(searcher.trials if searcher else {})
     if stop.lock_lost:
         stopped.summary = "the driver that holds the run now writes its table"
         raise stopped
     table = _table(config, grid, store, scheduler, listing.failed, rows, comparisons, started)
     _sync_evaluations(store, table)
     store.write_parquet(table, "results.parquet")
+    if grid.stage_keys("tune"):
+        store.write_parquet(tuning_table(grid, trials, _failures(grid, "tune", store, scheduler, listing.failed)),
+                            "tuning.parquet")  # fmt: skip
+    else:  # like results.parquet, it describes the grid last run
+        store.remove("tuning.parquet")
     if stopped is not None:
         finished = sum(1 for state in scheduler.state.values() if state == DONE)
         stopped.summary = f"{finished} of {len(grid.cells)} cells are finished and kept ({finished - before} new)"
@@ -93,7 +103,7 @@ def _prepare(store: RunStore, grid: Grid) -> None:
     store.write_json(grid.to_json(), "grid.json")
 
 
-def _run_cells(config, grid, store, scheduler, log, verbose, stop, on_row=None
+def _run_cells(config, grid, store, scheduler, log, verbose, stop, on_row=None, trials=None
                ) -> tuple[DagSearcher | None, BaseException | None]:  # fmt: skip
     """Start Ray, run every unfinished cell, shut Ray down. Returns the searcher (what the cells reported) and
     why the run stopped early, if it did (a signal, a full disk, a lost lock)."""
@@ -110,7 +120,8 @@ def _run_cells(config, grid, store, scheduler, log, verbose, stop, on_row=None
             try:
                 Signals.raise_received()
                 _prepare(store, grid)
-                searcher = DagSearcher(scheduler, plan, store, progress, stop, on_row)
+                studies = Studies(grid, trials) if grid.stage_keys("tune") else None
+                searcher = DagSearcher(scheduler, plan, store, progress, stop, on_row, studies)
                 fit(config, grid, store, searcher, plan)
             finally:
                 ray.shutdown()
@@ -148,18 +159,81 @@ def _describes(table: pa.Table | None, grid: Grid) -> bool:
 
 def _table(config, grid, store, scheduler, failed_before, rows, comparisons, started) -> pa.Table:
     """Every evaluate cell's row: finished (reported, or from an earlier table), failed, or pending."""
+    failures = _failures(grid, "evaluate", store, scheduler, failed_before)
     for cell in grid.stage("evaluate"):
-        state = scheduler.state[cell.key]
-        if state == DONE and cell.key in rows:
+        if scheduler.state[cell.key] == DONE and cell.key in rows:
             continue
-        if state in (FAILED, BLOCKED):
-            rows[cell.key] = failed_row(cell, "failed", scheduler.errors.get(cell.key))
-        elif cell.key in failed_before:  # failed in an earlier invocation and not retried (interrupted)
-            rows[cell.key] = failed_row(cell, "failed", store.read_failure(cell.key))
-        else:
-            rows[cell.key] = failed_row(cell, "pending", None)
+        failed = cell.key in failures
+        rows[cell.key] = failed_row(cell, "failed" if failed else "pending", failures.get(cell.key))
     info = run_info(config, grid, scheduler.counts(), started, time.time())
     return assemble(grid, rows, comparisons, info)
+
+
+def _failures(grid: Grid, stage: str, store: RunStore, scheduler: Scheduler, failed_before: set[str]) -> dict:
+    """key -> error of the cells of `stage` that failed: in this invocation, or in an earlier one and not retried
+    since (it was interrupted)."""
+    failures = {}
+    for cell in grid.stage(stage):
+        if scheduler.state[cell.key] in (FAILED, BLOCKED):
+            failures[cell.key] = scheduler.errors.get(cell.key)
+        elif scheduler.state[cell.key] != DONE and cell.key in failed_before:
+            failures[cell.key] = store.read_failure(cell.key)
+    return failures
+
+
+def _finished_trials(store: RunStore, grid: Grid, done: set[str]) -> dict[str, dict]:
+    """tuning.parquet's rows of the finished trial cells (their values and scores: the studies' searchers resume
+    from them); a row the table lacks is read from the cell's meta, a damaged meta leaves it out."""
+    keys = [key for key in grid.stage_keys("tune") if key in done]
+    if not keys:
+        return {}
+    table = read_tuning(store, lambda message: None)  # damaged: rebuilt from the metas
+    rows = {row["key"]: row for row in (table.to_pylist() if table is not None else [])
+            if row["key"] in done and row["status"] in ("ok", "diverged")}  # fmt: skip
+    _recover(store, grid, [key for key in keys if key not in rows], rows, "tune")
+    return rows
+
+
+def read_tuning(store: RunStore, log) -> pa.Table | None:
+    """The run's tuning.parquet; None without one, or when it is damaged (said once, through `log`)."""
+    if not store.file_exists("tuning.parquet"):
+        return None
+    try:
+        return store.read_parquet("tuning.parquet")
+    except (OSError, pa.ArrowException) as err:
+        log(f"warning: tuning.parquet is damaged ({first_line(err)}); its tuning trials are left out")
+        return None
+
+
+def _stale_choices(store: RunStore, grid: Grid, done: set[str]) -> set[str]:
+    """Finished METHOD@tuned unlearn cells to run again, with everything below them: those whose choice did not
+    consider every trial of its study (one had failed; it runs again now, and the choice waits for it). Their keys
+    cannot say so: they name the trials, not their outcomes. One meta read per finished tuned unlearn cell."""
+    stale = set()
+    for cell in grid.stage("unlearn"):
+        if "study" not in cell.params or cell.key not in done:
+            continue
+        try:
+            considered = len(store.read_meta(cell.key)["metrics"]["tuned"]["trials"])
+        except (CorruptArtifact, KeyError):
+            considered = 0
+        if considered < len(cell.inputs):
+            stale.add(cell.key)
+    return _with_descendants(grid, stale) if stale else stale
+
+
+def _with_descendants(grid: Grid, keys: set[str]) -> set[str]:
+    readers: dict[str, list[str]] = {}
+    for cell in grid.cells.values():
+        for read in cell.reads:
+            readers.setdefault(read, []).append(cell.key)
+    found, todo = set(keys), list(keys)
+    while todo:
+        for reader in readers.get(todo.pop(), []):
+            if reader not in found:
+                found.add(reader)
+                todo.append(reader)
+    return found
 
 
 def _recover(store: RunStore, grid: Grid, keys: list[str], into: dict, stage: str, discard: bool = True) -> set[str]:
@@ -173,7 +247,8 @@ def _recover(store: RunStore, grid: Grid, keys: list[str], into: dict, stage: st
             if discard:
                 store.discard_artifact(key)
             return key, None
-        return key, evaluation_row(grid.cells[key], meta) if stage == "evaluate" else meta["metrics"]
+        readers = {"evaluate": evaluation_row, "tune": tuning_row}
+        return key, readers[stage](grid.cells[key], meta) if stage in readers else meta["metrics"]
 
     damaged = set()
     with ThreadPoolExecutor(READERS) as pool:

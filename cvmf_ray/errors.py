@@ -16,6 +16,10 @@ class CellError(RuntimeError):
     """
 
 
+class Diverged(CellError):
+    """An unlearning whose loss or weights became NaN or inf: a tuning trial scores it the worst."""
+
+
 class MissingInput(Exception):
     """An optional input of a cell did not finish (it failed or was blocked): the metrics needing it stay empty."""
 

@@ -23,11 +23,21 @@ from datetime import datetime
 import pyarrow as pa
 
 from cvmf_ray import schema
-from cvmf_ray.config import BN_SOURCES, UNLEARN_BN
+from cvmf_ray.config import BN_SOURCES, TUNED, UNLEARN_BN
 from cvmf_ray.forget import ForgetSpec
 from cvmf_ray.grid import Cell, Grid
+from cvmf_ray.objective import WORST, best_trial
 from cvmf_ray.quant import QUANT_MODES
-from cvmf_ray.schema import COMPARED, GAP_METRICS, MECHANISM, OWN_COLUMNS, RUN_METADATA, SCHEMA, quant_order
+from cvmf_ray.schema import (
+    COMPARED,
+    GAP_METRICS,
+    MECHANISM,
+    OWN_COLUMNS,
+    RUN_METADATA,
+    SCHEMA,
+    TUNING_SCHEMA,
+    quant_order,
+)
 
 UNLEARN_BN_ORDER = (None, *UNLEARN_BN, "eval")
 
@@ -48,6 +58,7 @@ def _identity_of(p: dict) -> dict:
         "forget_class": forget.forget_class,
         "forget_fraction": forget.forget_fraction,
         "method": p["method"],
+        "tuned": p["method"].endswith(TUNED),
         "unlearn_bn": p.get("unlearn_bn", "train") if unlearnt else None,
         "quant": p["quant"],
         "bn_reestimate": p.get("bn_reestimate", "none"),
@@ -64,8 +75,10 @@ def evaluation_row(cell: Cell, meta: dict) -> dict:
     if cell.params["method"] == "retrain":  # retraining is this method's unlearning cost
         row["unlearn_seconds"] = train.get("train_seconds")
     if "unlearn" in lineage:
-        row["unlearn_seconds"] = lineage["unlearn"]["metrics"].get("unlearn_seconds")
-        row["method_params"] = json.dumps({**lineage["unlearn"]["hparams"], "unlearn_bn": row["unlearn_bn"]},
+        unlearnt = lineage["unlearn"]["metrics"]
+        row["unlearn_seconds"] = unlearnt.get("unlearn_seconds")
+        study = {"study": unlearnt["tuned"]["study"], "trial": unlearnt["tuned"]["trial"]} if row["tuned"] else {}
+        row["method_params"] = json.dumps({**lineage["unlearn"]["hparams"], "unlearn_bn": row["unlearn_bn"], **study},
                                           sort_keys=True)  # fmt: skip
     reestimated = lineage.get("reestimate", {}).get("metrics", {})
     row.update({name: reestimated.get(name) for name in ("bn_reestimate_batches", "bn_reestimate_batch_size")})
@@ -170,6 +183,42 @@ def rows_from_table(table: pa.Table, keys: Iterable[str]) -> tuple[dict[str, dic
             entry = comparisons.setdefault(row["compare_key"], {"rows": {}, "group": {}})
             entry["rows"][row["key"]] = {name: row.get(name) for name in compared}
     return rows, comparisons
+
+
+def tuning_row(cell: Cell, meta: dict) -> dict:
+    """A finished tuning trial's row of tuning.parquet, from its meta."""
+    metrics = meta["metrics"]
+    return {**_trial_identity(cell), **{name: metrics.get(name) for name in TUNING_SCHEMA.names if name in metrics},
+            "hparams": json.dumps(metrics["hparams"], sort_keys=True), "seconds": meta["interval"][1] -
+            meta["interval"][0]}  # fmt: skip
+
+
+def _trial_identity(cell: Cell) -> dict:
+    p, forget = cell.params, ForgetSpec(**cell.params["forget"])
+    return {"study": p["study"], "key": cell.key, "model": p["model"], "dataset": p["dataset"],
+            "forget_class": forget.forget_class, "forget_fraction": forget.forget_fraction, "method": p["method"],
+            "trial": p["trial"], "seeds": ",".join(map(str, p["seeds"])),
+            "published": json.dumps(p["published"], sort_keys=True)}  # fmt: skip
+
+
+def tuning_table(grid: Grid, rows: dict[str, dict], failures: dict[str, str]) -> pa.Table:
+    """Every trial of the grid's studies: finished (`rows`), failed (`failures`: key -> error) or pending; `best`
+    marks each study's choice (the rule the tuned unlearn cells apply, `objective.best_trial`)."""
+    table = []
+    for cell in grid.stage("tune"):
+        if cell.key in rows:
+            table.append({**rows[cell.key], "best": False})
+        else:
+            failed = cell.key in failures
+            table.append({**_trial_identity(cell), "status": "failed" if failed else "pending", "best": False,
+                          "error": failures.get(cell.key), "objective": WORST if failed else None})  # fmt: skip
+    for study in {row["study"] for row in table}:
+        chosen = best_trial({row["trial"]: row for row in table if row["study"] == study})
+        if chosen is not None:
+            next(row for row in table if (row["study"], row["trial"]) == (study, chosen))["best"] = True
+    table.sort(key=lambda row: (row["study"], row["trial"]))
+    return pa.Table.from_pylist([{name: _clean(row.get(name)) for name in TUNING_SCHEMA.names} for row in table],
+                                schema=TUNING_SCHEMA)  # fmt: skip
 
 
 def run_info(config, grid: Grid, counts: dict, started: float, finished: float) -> dict:

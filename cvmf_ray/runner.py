@@ -40,9 +40,11 @@ from cvmf_ray.cache import CACHE_NAME, ArtifactCache
 from cvmf_ray.config import GridConfig
 from cvmf_ray.errors import Interrupted, UsageError
 from cvmf_ray.grid import Grid
+from cvmf_ray.objective import WORST
 from cvmf_ray.progress import Progress
 from cvmf_ray.scheduler import RUNNING, Scheduler, cell_work, is_solo
 from cvmf_ray.store import RunStore
+from cvmf_ray.studies import Studies
 from cvmf_ray.trial import RESULT_KEY, RunSettings, cell_trial
 
 JOIN_TIMEOUT_S = 25  # joining --address gives up after this (a Ray driver otherwise retries for minutes)
@@ -261,10 +263,12 @@ class DagSearcher(Searcher):
     """Hands ready cells to Tune as trials and applies the cells' reports to the scheduler."""
 
     def __init__(self, scheduler: Scheduler, plan: Plan, store: RunStore, progress: Progress, stop: StopSignal,
-                 on_row: Callable[[dict], None] | None = None) -> None:  # fmt: skip
+                 on_row: Callable[[dict], None] | None = None, studies: Studies | None = None) -> None:  # fmt: skip
         super().__init__()
         self.scheduler, self.plan, self.store, self.progress, self.stop = scheduler, plan, store, progress, stop
         self.on_row = on_row  # told each evaluate cell's row as it finishes (grid --mlflow)
+        self.studies = studies  # the tuning studies' searchers: a trial cell's values, and its score back
+        self.trials: dict[str, dict] = {}  # tune key -> its tuning.parquet row, reported this invocation
         self.caches = start_caches()  # node id -> the artifact cache there
         self.live: dict[str, list[str]] = {}  # trial id -> the keys of its batch
         self.held: dict[str, float] = {}  # trial id -> the CPUs it asked for
@@ -296,8 +300,9 @@ class DagSearcher(Searcher):
                     missing.append(key)
         kind = "solo" if is_solo(batch[0]) else "batch"
         self.held[trial_id] = self._cpus_for(batch)
+        hparams = {cell.key: self.studies.suggest(cell, trial_id) for cell in batch if cell.stage == "tune"}
         return {"kind": kind, "cells": self.live[trial_id], "sources": dict(sources), "missing": missing,
-                "cpus": self.held[trial_id]}  # fmt: skip
+                "cpus": self.held[trial_id], **({"hparams": hparams} if hparams else {})}  # fmt: skip
 
     def _cpus_for(self, batch: list) -> float:
         """Every core busy: on a CPU-only run, a trial whose cells are worth a fresh process (`WIDE_MIN_WORK`) takes
@@ -342,6 +347,9 @@ class DagSearcher(Searcher):
                     self.on_row(event["row"])
             if "compare" in event:
                 self.comparisons[key] = event["compare"]
+            if "trial" in event:
+                self.trials[key] = event["trial"]
+                self._scored(key, event["trial"]["objective"], json.loads(event["trial"]["hparams"]))
             if not is_solo(cell):
                 total, count = self.cheap_seconds
                 self.cheap_seconds = (total + event.get("seconds", 0.0), count + 1)
@@ -352,11 +360,13 @@ class DagSearcher(Searcher):
         elif status == "failed":
             self.scheduler.mark_failed(key, event["error"])
             self.progress.cell_failed(cell, event["error"])
+            self._scored(key, WORST)
         elif status == "retry":
             self.retry_errors[key] = event["error"]
         elif status == "corrupt":
             self.progress.note(f"warning: {event['error']}; recomputing it")
             self.scheduler.mark_corrupt(key, event["parent"], event["error"])
+            self._scored(key, None)
         elif status == "storage_full":
             self.stop.set(event["error"])
         elif status == "warning":
@@ -392,15 +402,23 @@ class DagSearcher(Searcher):
             cell = self.scheduler.grid.cells[key]
             if not error:  # the trial was stopped before it got to this cell
                 self.scheduler.requeue(key)
+                self._scored(key, None)
             elif key not in self.retry_errors and self.reruns[key] < RERUNS_AFTER_DEATH:
                 self.reruns[key] += 1
                 self.progress.note(f"warning: {cell.describe()}: its trial's process died; running it in a new trial")
                 self.scheduler.requeue(key)
+                self._scored(key, None)
             else:
                 reason = self.retry_errors.get(key, "its trial failed for good (Ray Tune's log under tune/ has why)")
                 self.store.save_failure(key, reason)
                 self.scheduler.mark_failed(key, reason)
                 self.progress.cell_failed(cell, reason)
+                self._scored(key, WORST)
+
+    def _scored(self, key: str, objective: float | None, values: dict | None = None) -> None:
+        """A tuning trial's score to its study's searcher (None: it ran unscored, and will get new values)."""
+        if self.studies is not None:
+            self.studies.complete(key, objective, values)
 
 
 class RunControl(tune.Stopper, tune.Callback):

@@ -28,8 +28,8 @@ SHOWN_AS = {DONE: "done", RUNNING: "running", FAILED: "failed", BLOCKED: "failed
             READY: "pending"}  # fmt: skip
 MAX_RECOMPUTES = 2
 # relative cost of a cell in epochs of its model's training, only used to order ready cells
-STAGE_COST = {"unlearn": 2.0, "reestimate": 0.2, "quantize": 0.2, "evaluate": 0.5, "compare": 0.1}
-SOLO_STAGES = ("train", "unlearn")  # they fit a model: a trial each
+STAGE_COST = {"tune": 1.0, "unlearn": 2.0, "reestimate": 0.2, "quantize": 0.2, "evaluate": 0.5, "compare": 0.1}
+SOLO_STAGES = ("train", "tune", "unlearn")  # they fit a model: a trial each
 
 
 def is_solo(cell: Cell) -> bool:
@@ -50,7 +50,8 @@ def cell_work(cell: Cell) -> float:
     spec = DATASETS.get(p["dataset"])
     images = {
         "train": lambda: p["recipe"]["epochs"] * spec.train_size,
-        "unlearn": lambda: p["hparams"].get("epochs", 1) * spec.train_size,
+        "tune": lambda: len(p["seeds"]) * spec.train_size,  # its epochs are chosen when it starts: one each
+        "unlearn": lambda: p.get("hparams", {}).get("epochs", 1) * spec.train_size,
         "reestimate": lambda: p["batches"] * p["batch_size"],
         "quantize": lambda: p["calibration_size"],
         "evaluate": lambda: spec.train_size + spec.test_size,

@@ -31,6 +31,7 @@ IDENTITY = [
     ("forget_class", pa.int64()),
     ("forget_fraction", pa.float64()),
     ("method", pa.string()),
+    ("tuned", pa.bool_()),  # METHOD@tuned: run with its study's chosen values (method_params has them, and the study)
     ("unlearn_bn", pa.string()),  # BatchNorm while unlearning: train | frozen (the control) | eval; null: none ran
     ("quant", pa.string()),
     ("bn_reestimate", pa.string()),  # the deployment step before quant: none | train | retain | test
@@ -78,3 +79,32 @@ def quant_order(bits: Mapping[str, float | None]) -> list[str]:
         return value is None or (isinstance(value, float) and math.isnan(value))
 
     return sorted(bits, key=lambda q: (unknown(q), 0 if unknown(q) else -bits[q], q))
+
+
+# tuning.parquet: one row per tuning trial (cvmf_ray/objective.py and stages/tune.py say what each value measures)
+OBJECTIVE_COMPONENTS = ("retain_gap", "forget_gap", "validation_gap", "mia_gap")
+PROBED = ("retain_accuracy", "forget_accuracy", "validation_accuracy", "mia")  # a model on the tuning samples
+TUNING = [
+    ("study", pa.string()),  # the study's key: one per (model, dataset, forget set, method)
+    ("key", pa.string()),  # the trial cell's key
+    ("model", pa.string()),
+    ("dataset", pa.string()),
+    ("forget_class", pa.int64()),
+    ("forget_fraction", pa.float64()),
+    ("method", pa.string()),  # the method tuned (its rows in the results table are METHOD@tuned)
+    ("trial", pa.int64()),  # 0 .. trials-1: the trial's place in its study, its identity across invocations
+    ("seeds", pa.string()),  # the tuning seeds the trial ran on, comma-separated
+    ("hparams", pa.string()),  # JSON: the trial's resolved hyperparameters (the searched ones and the rest)
+    ("published", pa.string()),  # JSON: the method's values in this grid without tuning (defaults + method_params)
+    ("objective", pa.float64()),  # minimised; a failed or diverged trial scores the worst possible value
+    *[(name, pa.float64()) for name in OBJECTIVE_COMPONENTS],
+    *[(name, pa.float64()) for name in PROBED],
+    *[(f"retrain_{name}", pa.float64()) for name in PROBED],
+    ("status", pa.string()),  # ok | diverged (scored worst) | failed (scored worst) | pending
+    ("error", pa.string()),
+    ("seconds", pa.float64()),  # the whole trial
+    ("unlearn_seconds", pa.float64()),
+    ("eval_seconds", pa.float64()),  # the bounded evaluation of the unlearnt model(s)
+    ("best", pa.bool_()),  # the trial whose values the study chose (lowest objective, then lowest trial)
+]
+TUNING_SCHEMA = pa.schema(TUNING)

@@ -291,15 +291,16 @@ def unreachable(uri: str) -> str | None:
         return str(getattr(reason, "strerror", None) or reason)
 
 
-def export(store: RunStore, table: pa.Table, uri: str, experiment: str | None) -> str:
+def export(store: RunStore, table: pa.Table, tuning: pa.Table | None, uri: str, experiment: str | None) -> str:
     """`cvmf-ray export`: every row of `table` (the run's, failed and pending ones included), the run's tuning
-    studies, and the report on the grid's run when a row changed. Returns the line that says what it did."""
+    studies (`tuning`, its tuning.parquet), and the report on the grid's run when a row changed. Returns the line
+    that says what it did."""
     from cvmf_ray.driver import read_grid
 
     info = json.loads((table.schema.metadata or {}).get(RUN_METADATA) or "{}")
     digest = info.get("grid_digest") or read_grid(store).digest
     rows = table.to_pylist()
-    trials = store.read_parquet("tuning.parquet").to_pylist() if store.file_exists("tuning.parquet") else []
+    trials = tuning.to_pylist() if tuning is not None else []
     experiment = experiment or default_experiment()
     tracker = Tracker(uri, experiment, digest, store)
     with refusals(uri):
@@ -307,23 +308,23 @@ def export(store: RunStore, table: pa.Table, uri: str, experiment: str | None) -
         studies = _sync_studies(tracker, trials)
         changed = counts["new"] + counts["updated"] + studies["new"] + studies["updated"]
         stale = changed or not tracker.client.list_artifacts(tracker.parent_id)
-    figures = _report(tracker, table, store.display()) if stale else None
+    figures = _report(tracker, table, tuning, store.display()) if stale else None
     with refusals(uri):
         tracker.finish(grid_status(row["status"] for row in rows))
     report = "the report unchanged" if figures is None else f"the report and its {figures} figures"
-    tuning = f"; tuning trials: {studies['new']} new, {studies['updated']} updated" if trials else ""
+    tuned = f"; tuning trials: {studies['new']} new, {studies['updated']} updated" if trials else ""
     return (f"exported {len(rows)} rows to MLflow experiment {experiment!r} at {uri}: {counts['new']} new, "
             f"{counts['updated']} updated, {counts['unchanged']} unchanged, under run {tracker.parent_id} with "
-            f"{report}{tuning}")  # fmt: skip
+            f"{report}{tuned}")  # fmt: skip
 
 
-def _report(tracker: Tracker, table: pa.Table, title: str) -> int:
+def _report(tracker: Tracker, table: pa.Table, tuning: pa.Table | None, title: str) -> int:
     """report.html and its figures (PNG) on the grid's run, rendered by `cvmf-ray report`'s code; returns how many
     figures."""
     from cvmf_ray.report import write_report
 
     with tempfile.TemporaryDirectory() as folder:
-        write_report(table, Path(folder), title=title)
+        write_report(table, Path(folder), title=title, tuning=tuning)
         names = ["report.html", *(f"figures/{p.name}" for p in sorted(Path(folder, "figures").glob("*.png")))]
         with refusals(tracker.uri):
             tracker.upload(tracker.logged[GRID_KEY].artifact_uri, {n: Path(folder, n).read_bytes() for n in names})

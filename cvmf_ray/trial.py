@@ -66,7 +66,9 @@ def cell_trial(config: dict, run: RunSettings) -> None:
         cell = cells[key]
         started = time.perf_counter()
         try:
-            event = _finished_before(cell, store) or _run_cell(cell, store, loader, run, reporter)
+            event = _finished_before(cell, store) or _run_cell(
+                cell, store, loader, run, reporter, config.get("hparams", {}).get(key)
+            )
         except CorruptArtifact as err:
             event = {"status": "corrupt", "parent": err.key, "error": str(err)}
         except CellError as err:
@@ -93,7 +95,7 @@ def _finished_before(cell, store) -> dict | None:
     """A cell a previous attempt of this trial finished (Tune retries the whole batch): report it again."""
     if not store.is_done(cell.key):
         return None
-    if cell.stage not in ("evaluate", "compare"):
+    if cell.stage not in ("tune", "evaluate", "compare"):
         return _done_event(cell, {})
     from cvmf_ray.store import CorruptArtifact
 
@@ -104,7 +106,7 @@ def _finished_before(cell, store) -> dict | None:
         return None
 
 
-def _run_cell(cell, store, loader, run: RunSettings, reporter) -> dict:
+def _run_cell(cell, store, loader, run: RunSettings, reporter, hparams: dict | None) -> dict:
     from cvmf_ray.cells import CellSettings, execute_cell
 
     context = ray.get_runtime_context()
@@ -114,9 +116,9 @@ def _run_cell(cell, store, loader, run: RunSettings, reporter) -> dict:
                  "threads": torch.get_num_threads()}  # fmt: skip
     settings = CellSettings(run.data_root, trial_device(), run.checkpoint_every, run.compile, placement)
     hooks = training_hooks(cell.key, store, reporter) if cell.stage == "train" else {}
-    if cell.stage in ("train", "unlearn"):
+    if cell.stage in ("train", "tune", "unlearn"):
         hooks["meter"] = progress_meter(cell.key, reporter)
-    artifact = execute_cell(cell, loader, settings, **hooks)
+    artifact = execute_cell(cell, loader, settings, hparams=hparams, **hooks)
     meta = store.save_artifact(cell.key, artifact.meta, artifact.tensor_file, artifact.blob)
     if cell.stage == "train":
         store.remove("checkpoints", cell.key)
@@ -136,6 +138,10 @@ def _done_event(cell, meta: dict) -> dict:
         event["row"] = evaluation_row(cell, meta)
     elif cell.stage == "compare":
         event["compare"] = meta["metrics"]
+    elif cell.stage == "tune":
+        from cvmf_ray.results import tuning_row
+
+        event["trial"] = tuning_row(cell, meta)
     return event
 
 

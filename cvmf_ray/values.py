@@ -20,5 +20,6 @@ Index = Annotated[int, Field(ge=0, le=MAX_COUNT)]  # class indices, paddings, st
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # learning rates, temperatures, bounds
 Finite = Annotated[float, Field(allow_inf_nan=False)]  # loss weights
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # weight decays
 Fraction = Annotated[float, Field(ge=0, le=1)]  # shares and mixing weights (NaN fails the bounds)
 OpenFraction = Annotated[float, Field(gt=0, lt=1)]

@@ -1,7 +1,8 @@
 """Makespan of a heterogeneous grid on 4 declared GPUs: the streaming DAG on one Tuner against the lower bound
 max(total work / slots, critical path), printed beside the stage-wave schedule of the same cells.
 
-    python scripts/bench_cluster.py
+    python scripts/bench_cluster.py           # the grid below
+    python scripts/bench_cluster.py --tune    # one forget class, and 2 tuning studies x 16 trials streamed beside it
 
 The grid is a real expanded grid (2 models x 2 seeds x 3 forget classes x 4 methods x 4 quant modes: originals,
 retrains, unlearning, quantization, evaluation and comparison cells with their real dependencies); each cell
@@ -10,6 +11,10 @@ alone: the real `DagSearcher`, scheduler, Ray Tune with `reuse_actors`, one GPU 
 local Ray (this machine has none). Trainings are unequal: one model's take 3x the other's. The stage-wave
 schedule is what one Tuner per stage would at best achieve: each stage's cells list-scheduled (longest first)
 on the 4 slots, stage after stage.
+
+With --tune, finetune is also tuned (`--tune finetune --tune-trials 16`, seeds 0-2, the search on seed 0): one
+study per model, each trial a cell that sleeps like an unlearning and reports a random objective to the study's
+real OptunaSearch; the tuned unlearn cells of seeds 1-2 wait for their study's last trial.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import heapq
 import logging
 import os
 import platform
+import random
+import sys
 import tempfile
 import time
 
 SLOTS = 4
-SECONDS = {"train": {"small_cnn": 12.0, "resnet18": 36.0}, "unlearn": 4.0, "quantize": 0.6, "evaluate": 1.2,
-           "compare": 0.3}  # fmt: skip
+SECONDS = {"train": {"small_cnn": 12.0, "resnet18": 36.0}, "tune": 4.0, "unlearn": 4.0, "quantize": 0.6,
+           "evaluate": 1.2, "compare": 0.3}  # fmt: skip
 
 
 def duration(cell) -> float:
@@ -46,6 +53,8 @@ def sleeping_trial(config: dict, run) -> None:
         time.sleep(duration(cells[key]))
         event = {"key": key, "status": "done", "node": node, "interval": [started, time.time()],
                  "seconds": time.time() - started}  # fmt: skip
+        if cells[key].stage == "tune":
+            event["trial"] = {"objective": random.random(), "hparams": json.dumps(config["hparams"][key])}
         tune.report({RESULT_KEY: json.dumps([event])})
     tune.report({RESULT_KEY: "[]"})
 
@@ -82,9 +91,13 @@ def main() -> None:
     from cvmf_ray.runner import DagSearcher, Plan, StopSignal, fit
     from cvmf_ray.scheduler import Scheduler
     from cvmf_ray.store import RunStore
+    from cvmf_ray.studies import Studies
 
+    tuning = "--tune" in sys.argv[1:]
+    options = {"forget_classes": "0", "seeds": "0,1,2", "tune_methods": "finetune", "tune_trials": 16} if tuning else {
+        "forget_classes": "0,1,2", "seeds": "0,1"}  # fmt: skip
     config = load_config(models="small_cnn,resnet18", methods="original,retrain,finetune,random_label",
-                         quant="fp32,fp16,int8,int4_weight", forget_classes="0,1,2", seeds="0,1")  # fmt: skip
+                         quant="fp32,fp16,int8,int4_weight", **options)  # fmt: skip
     grid = expand_grid(config)
     store = RunStore(tempfile.mkdtemp(prefix="bench-cluster-"))
     os.environ.update(RAY_AIR_NEW_OUTPUT="0", TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1")
@@ -100,7 +113,8 @@ def main() -> None:
     intervals: list[list[float]] = []
     scheduler = Scheduler(grid, set())
     progress = Progress(lambda: searcher.counts(), lambda: (scheduler.cost_done, scheduler.cost_left), False, print)
-    searcher = TimedSearcher(scheduler, Plan(1.0, 1.0, SLOTS), store, progress, StopSignal())
+    studies = Studies(grid, {}) if tuning else None
+    searcher = TimedSearcher(scheduler, Plan(1.0, 1.0, SLOTS), store, progress, StopSignal(), studies=studies)
     started = time.time()
     fit(config, grid, store, searcher, searcher.plan, trainable=sleeping_trial)
     wall = time.time() - started

@@ -9,16 +9,18 @@ so the deviations are +-DELTA, half of each sign, and over the group's n rows: m
 std = DELTA * sqrt(n / (n - 1)), 95% t half-width = t(0.975, n - 1) * DELTA / sqrt(n - 1). Recovery columns
 use RECOVERY_DELTA instead; `privacy_score` exists only for seeds < 10 (n = 100); retrain's gap is exactly 0.
 On top: one `unsir` row (n = 1), and 10 failed + 10 pending `boundary_shrink` rows that must not count.
+`synthetic_tuning`: a tuning.parquet beside it, two studies whose every trial is spelt out in TUNING_STUDIES.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pyarrow as pa
 
-from cvmf_ray.schema import SCHEMA
+from cvmf_ray.schema import OBJECTIVE_COMPONENTS, SCHEMA, TUNING_SCHEMA
 
 METHODS = [
     "original",
@@ -143,3 +145,40 @@ def _run() -> dict:
         "finished": "2026-01-01T01:00:00",
         "wall_seconds": 3600.0,
     }
+
+
+WORST = math.sqrt(4 / 3)  # what a failed or diverged trial scores (cvmf_ray.objective.WORST)
+TUNING_STUDIES = {  # study -> (identity, published values, each trial's values, objectives, statuses, chosen trial)
+    "s-ga": (
+        {"forget_class": 3, "forget_fraction": None, "method": "gradient_ascent"},
+        {"lr": 1e-4, "epochs": 5, "momentum": 0.9},
+        [{"lr": lr, "epochs": 5, "momentum": 0.9} for lr in (1e-3, 3e-4, 1e-2, 3.16e-5, 5e-4, 2e-4)],
+        [0.5, 0.3, WORST, 0.2, 0.25, 0.22],
+        ["ok", "ok", "diverged", "ok", "ok", "ok"],
+        3,
+    ),
+    "s-ft": (
+        {"forget_class": None, "forget_fraction": 0.1, "method": "finetune"},
+        {"lr": 0.01, "epochs": 10, "weight_decay": 5e-4},
+        [{"lr": 0.01, "epochs": e, "weight_decay": 1e-3} for e in (2, 4, 8, 16, 20, 12)],
+        [0.4, WORST, 0.35, 0.36, 0.1, 0.2],
+        ["ok", "failed", "ok", "ok", "ok", "ok"],
+        4,
+    ),
+}
+
+
+def synthetic_tuning() -> pa.Table:
+    """A tuning.parquet of TUNING_STUDIES: two studies x six trials, one diverged, one failed."""
+    rows = []
+    for study, (identity, published, values, objectives, statuses, chosen) in TUNING_STUDIES.items():
+        for trial, (hparams, objective, status) in enumerate(zip(values, objectives, statuses, strict=True)):
+            ok = status == "ok"
+            rows.append(
+                {"study": study, "key": f"{study}-{trial}", "model": "resnet18", "dataset": "cifar10", **identity}
+                | {"trial": trial, "seeds": "0,1", "hparams": json.dumps(hparams), "published": json.dumps(published)}
+                | {"objective": objective, "status": status, "best": trial == chosen}
+                | {c: objective / 2 if ok else None for c in OBJECTIVE_COMPONENTS}
+                | {"error": None if ok else f"trial {trial}: loss is NaN", "seconds": 3.0}
+            )
+    return pa.Table.from_pylist(rows, schema=TUNING_SCHEMA)

@@ -241,7 +241,7 @@ def test_salun_moves_only_the_weights_its_mask_lets_through():
     generator = torch.Generator().manual_seed(0)
     masks = [(torch.rand(p.shape, generator=generator) < 0.5).float() for p in params]
     start = [p.detach().clone() for p in params]
-    optimizer = masked_sgd(params, masks, lr=0.1)
+    optimizer = masked_sgd(params, masks, lr=0.1, weight_decay=5e-4)
     x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
     for _ in range(5):
         optimizer.zero_grad()

@@ -225,3 +225,31 @@ def test_bad_values_and_a_missing_mlflow_are_one_line_and_exit_2(default_run, se
     for args in ([*export, server], ["grid", "--dry-run", "--mlflow", server]):
         code, out, err = cli(*args)
         assert (code, err.count("\n")) == (2, 1) and "pip install 'cvmf-ray[mlflow]'" in err, (args, err)
+
+
+def test_a_tuning_study_s_trials_nest_under_a_run_per_study_and_the_report_shows_them(server, cli, tmp_path):
+    args = ["grid", "--methods", "original,retrain,gradient_ascent", "--tune", "gradient_ascent", "--tune-trials", "3",
+            "--seeds", "0,1", "--quant", "fp32", "--epochs", "3", "--results-dir", tmp_path]  # fmt: skip
+    assert cli(*args)[0] == 0
+    run = tmp_path / "default"
+    for _ in range(2):  # the second export sends nothing again
+        code, out, err = cli("export", run, "--mlflow", server, "--experiment", "tuning")
+        assert code == 0 and "tuning trials:" in out, err
+    assert "tuning trials: 0 new, 0 updated" in out
+    client = MlflowClient(server)
+    runs = client.search_runs([client.get_experiment_by_name("tuning").experiment_id], max_results=1000)
+    by_key = {r.data.tags["cvmf_ray.key"]: r for r in runs if "cvmf_ray.key" in r.data.tags}
+    grid = next(r for r in runs if PARENT not in r.data.tags)
+    trials = pq.read_table(run / "tuning.parquet").to_pylist()
+    study = by_key[f"study/{trials[0]['study']}"]
+    assert study.data.tags[PARENT] == grid.info.run_id
+    assert len(runs) == 1 + 1 + 3 + len(pq.read_table(run / "results.parquet"))  # grid, study, trials, rows
+    for trial in trials:
+        logged = by_key[f"study/{trial['study']}/trial/{trial['trial']}"]
+        assert logged.data.tags[PARENT] == study.info.run_id and logged.data.tags["cvmf_ray.status"] == "ok"
+        assert logged.data.metrics["objective"] == pytest.approx(trial["objective"])
+        assert json.loads(logged.data.params["hparams"]) == json.loads(trial["hparams"])
+    tuned = [r for r in runs if r.data.params.get("method") == "gradient_ascent@tuned"]
+    assert len(tuned) == 1 and tuned[0].data.tags[PARENT] == grid.info.run_id
+    figures = {a.path for a in client.list_artifacts(grid.info.run_id, "figures")}
+    assert "figures/tuning.png" in figures

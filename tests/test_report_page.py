@@ -18,7 +18,7 @@ from cvmf_ray.report.figures import PLOTS
 from cvmf_ray.results import run_info
 from cvmf_ray.schema import RUN_METADATA
 from tests.chromium import open_page
-from tests.synthetic import synthetic_table
+from tests.synthetic import synthetic_table, synthetic_tuning
 
 TABLES = ("summary", "ranking", "recovery_forget_acc", "recovery_mia_eff")
 
@@ -34,7 +34,7 @@ def real_report(default_run, tmp_path_factory) -> tuple[pa.Table, Path]:
 @pytest.fixture(scope="module")
 def synthetic_report(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "report"
-    write_report(synthetic_table(), out)
+    write_report(synthetic_table(), out, tuning=synthetic_tuning())
     return out
 
 
@@ -199,5 +199,6 @@ def test_the_page_loads_in_headless_chromium(report, request, tmp_path):
     assert view.errors == []
     assert len(view.images) == len(list((out / "figures").glob("*.png")))
     assert all(image["complete"] and image["width"] > 0 for image in view.images), view.images
+    assert ("Tuning: objective per trial" in {image["alt"] for image in view.images}) == (report == "synthetic_report")
     width, height = Image.open(tmp_path / "page.png").size
     assert width >= 1000 and height > 2000

@@ -132,7 +132,7 @@ def test_a_cell_whose_trial_tune_gave_up_on_runs_once_more_unless_it_raised():
     searcher = SimpleNamespace(
         scheduler=scheduler, live={}, started=set(), held={}, retry_errors={}, reruns=Counter(),
         progress=SimpleNamespace(note=notes.append, cell_failed=lambda cell, reason: None, cell_stopped=len),
-        store=SimpleNamespace(save_failure=failures.__setitem__),
+        store=SimpleNamespace(save_failure=failures.__setitem__), _scored=lambda key, objective: None,
     )  # fmt: skip
 
     def tune_gives_up(cell) -> None:

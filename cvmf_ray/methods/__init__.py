@@ -26,6 +26,9 @@ the built-in ones, whose hyperparameter dataclass is the type annotation of its 
 it by the same path (`method_params: {"mypkg.mymod:my_unlearn": {"lr": 0.1}}`). The module must be
 importable wherever the cell runs (installed, or on PYTHONPATH of every Ray worker).
 
+Each module also declares the search space of its own coefficients (`search_space`, next to the dataclass);
+cvmf_ray/search_space.py adds the common ones (learning rate, weight decay, epochs, batch sizes) by field name.
+
 `original` (no unlearning) and `retrain` (trained without the forget set) are registered without a
 function: the grid serves them from the train stage.
 """
@@ -51,6 +54,10 @@ from cvmf_ray.lazy import nn
 from cvmf_ray.meter import Meter
 from cvmf_ray.registry import Registry, load_plugin
 from cvmf_ray.values import INT64
+
+# Left out of `resolve_params` at their defaults: the resolved dict is hashed into every unlearn cell's key, so a
+# method keeps the keys, and the artifacts, it had before a field was added (as `TrainRecipe`'s LATER_FIELDS)
+LATER_FIELDS = ("weight_decay",)  # issue 22: SGD's weight decay, fixed at its default before
 
 
 @dataclass
@@ -92,6 +99,9 @@ class Method:
     # (`--unlearn-bn frozen`) applies to it; weight-only methods compute in eval mode and say False
     trains_bn: bool = True
     needs_last_block: bool = False  # CF-k, EU-k: the grid refuses a model that declares no last block
+    # {field: distribution, or None to keep a common one out of the search} (cvmf_ray/search_space.py)
+    search_space: dict = dataclasses.field(default_factory=dict, hash=False)
+    later_fields: tuple[str, ...] = ()  # built-in methods: LATER_FIELDS (a plug-in's fields are all its own)
 
     def resolve_params(self, overrides: dict[str, Any], unlearn_epochs: int | None, dataset: str) -> dict[str, Any]:
         """Published defaults < `dataset`'s own (`DatasetSpec.method_defaults`) < `--unlearn-epochs` < the
@@ -122,7 +132,13 @@ class Method:
                 raise UsageError(f"bad value {value!r} for {self.name}.{field}: must be a finite number")
             if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
                 raise UsageError(f"bad value {value!r} for {self.name}.{field}: does not fit a 64-bit integer")
-        return resolved
+        defaults = {f.name: f.default for f in dataclasses.fields(self.params)}
+        return {k: v for k, v in resolved.items() if k not in self.later_fields or v != defaults[k]}
+
+    def every_value(self, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Resolved `hparams` with the later fields `resolve_params` leaves out at their defaults put back: what a
+        tuning study records and searches from."""
+        return {} if self.params is None else dataclasses.asdict(self.instantiate(hparams))
 
     def instantiate(self, hparams: dict[str, Any]) -> Any:
         """The params object the function receives: its dataclass built from resolved `hparams`, or None."""
@@ -133,10 +149,17 @@ METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(
-    name: str, params: type | None = None, *, trains_bn: bool = True, needs_last_block: bool = False
+    name: str,
+    params: type | None = None,
+    *,
+    trains_bn: bool = True,
+    needs_last_block: bool = False,
+    search_space: dict | None = None,
 ) -> Callable:
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        METHODS.register(name)(Method(name, fn, params, trains_bn, needs_last_block))
+        METHODS.register(name)(
+            Method(name, fn, params, trains_bn, needs_last_block, dict(search_space or {}), LATER_FIELDS)
+        )
         return fn
 
     return add

@@ -7,22 +7,22 @@ import math
 from collections.abc import Iterator
 
 from cvmf_ray.data import DeviceLoader
-from cvmf_ray.errors import CellError
+from cvmf_ray.errors import Diverged
 from cvmf_ray.lazy import F, nn, torch
 
 # Hyperparameter types, the config's too (cvmf_ray/values.py): `Method.resolve_params` turns an out-of-range value
 # into a UsageError.
-from cvmf_ray.values import Count, Finite, Fraction, Index, Positive  # noqa: F401 (re-exported to the methods)
+from cvmf_ray.values import Count, Finite, Fraction, Index, NonNegative, Positive  # noqa: F401 (re-exported)
 
 
-def sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4):
+def sgd(model: nn.Module, lr: float, *, weight_decay: float, momentum: float = 0.9):
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None = None) -> None:
     """zero_grad → backward → optional clip → step; a non-finite loss fails the cell, never the grid."""
     if not torch.isfinite(loss):
-        raise CellError(f"unlearning diverged: loss is {loss.item()}")
+        raise Diverged(f"unlearning diverged: loss is {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip is not None:

@@ -31,6 +31,11 @@ class BadTeacherParams:
     retain_fraction: Fraction = 0.3  # share of the retain set distilled from the competent teacher
 
 
+# DeepUnlearn's Bad Teacher T, U[0, 5] less the T → 0 that divides the logits by 0; its float family U[0, 1] for the
+# share (Adam: no weight decay to search)
+SEARCH_SPACE = {"temperature": {"uniform": [0.1, 5.0]}, "retain_fraction": {"uniform": [0.0, 1.0]}}
+
+
 def incompetent_copy(model):
     """A frozen copy of `model` with every layer re-initialised (global torch RNG, seeded by the stage)."""
     teacher = frozen_copy(model)
@@ -40,7 +45,7 @@ def incompetent_copy(model):
     return teacher
 
 
-@register_method("bad_teacher", BadTeacherParams)
+@register_method("bad_teacher", BadTeacherParams, search_space=SEARCH_SPACE)
 def bad_teacher(model, data: UnlearnData, params: BadTeacherParams):
     good, bad = frozen_copy(model), incompetent_copy(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from cvmf_ray.lazy import F, nn, torch
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Positive, epoch_seed, sgd, step
+from cvmf_ray.methods._common import Count, NonNegative, Positive, epoch_seed, sgd, step
 
 
 @dataclass
@@ -28,6 +28,8 @@ class BoundaryExpandingParams:
     epochs: Count = 10
     lr: Positive = 1e-5
     batch_size: Count = 32
+    weight_decay: NonNegative = 0.0  # the official code's
+    # searched: only the common lr, weight_decay, epochs, batch_size (cvmf_ray/search_space.py)
 
 
 def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
@@ -54,7 +56,7 @@ def boundary_expanding(model, data: UnlearnData, params: BoundaryExpandingParams
     parent, attr, layer = _last_linear(model)
     wide = _widened(layer)
     setattr(parent, attr, wide)
-    optimizer = sgd(model, params.lr, weight_decay=0)
+    optimizer = sgd(model, params.lr, weight_decay=params.weight_decay)
     forget = data.loader("forget", params.batch_size)
     shadow = layer.out_features
     for epoch in data.epochs(params.epochs):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Positive, epoch_seed, frozen_copy, sgd, step
+from cvmf_ray.methods._common import Count, NonNegative, Positive, epoch_seed, frozen_copy, sgd, step
 
 
 @dataclass
@@ -31,6 +31,10 @@ class BoundaryShrinkParams:
     lr: Positive = 1e-5
     batch_size: Count = 32
     bound: Positive = 0.1  # FGSM step, in [0, 1] pixel units
+    weight_decay: NonNegative = 0.0  # the official code's
+
+
+SEARCH_SPACE = {"bound": {"uniform": [0.01, 1.0]}}  # DeepUnlearn's float family U[0, 1], less the 0 that moves nothing
 
 
 def nearest_wrong_label(teacher, x, y, bound: float, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -46,10 +50,10 @@ def nearest_wrong_label(teacher, x, y, bound: float, mean: torch.Tensor, std: to
         return teacher((pixels - mean) / std).argmax(1)
 
 
-@register_method("boundary_shrink", BoundaryShrinkParams)
+@register_method("boundary_shrink", BoundaryShrinkParams, search_space=SEARCH_SPACE)
 def boundary_shrink(model, data: UnlearnData, params: BoundaryShrinkParams):
     teacher = frozen_copy(model)
-    optimizer = sgd(model, params.lr, weight_decay=0)
+    optimizer = sgd(model, params.lr, weight_decay=params.weight_decay)
     forget = data.loader("forget", params.batch_size)
     mean, std = (torch.tensor(v, device=data.device).view(1, -1, 1, 1) for v in (data.mean, data.std))
     for epoch in data.epochs(params.epochs):

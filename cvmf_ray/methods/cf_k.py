@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from cvmf_ray.errors import CellError
 from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Positive, epoch_seed, step
+from cvmf_ray.methods._common import Count, NonNegative, Positive, epoch_seed, step
 
 
 @dataclass
@@ -31,6 +31,9 @@ class LastBlockParams:
     epochs: Count = 10
     lr: Positive = 0.01
     batch_size: Count = 256
+    weight_decay: NonNegative = 0.0  # the notebook's
+    # searched: only the common lr, weight_decay, epochs, batch_size (cvmf_ray/search_space.py); DeepUnlearn's number of
+    # blocks (1-10) has no field here: the block is the model's declared last one (k = 1)
 
 
 def last_block(model, data: UnlearnData, method: str) -> list[torch.nn.Parameter]:
@@ -47,7 +50,7 @@ def train_last_block(model, data: UnlearnData, params: LastBlockParams, block: l
     model.requires_grad_(False)
     for p in block:
         p.requires_grad_(True)
-    optimizer = torch.optim.SGD(block, lr=params.lr)
+    optimizer = torch.optim.SGD(block, lr=params.lr, weight_decay=params.weight_decay)
     retain = data.loader("retain", params.batch_size)
     for epoch in data.epochs(params.epochs):
         for x, y in retain.epoch(epoch_seed(data.seed, epoch)):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Positive, cosine, epoch_seed, sgd, step
+from cvmf_ray.methods._common import Count, NonNegative, Positive, cosine, epoch_seed, sgd, step
 
 
 @dataclass
@@ -25,12 +25,14 @@ class FinetuneParams:
     epochs: Count = 5
     lr: Positive = 0.1  # peak, cosine-annealed to 0 per step
     batch_size: Count = 128
+    weight_decay: NonNegative = 5e-4
+    # searched: only the common lr, weight_decay, epochs, batch_size (cvmf_ray/search_space.py)
 
 
 def fine_tune(model, data: UnlearnData, params, penalty: Callable[[int], torch.Tensor] | None = None):
     """Cross-entropy on the retain set, plus `penalty(epoch)` when given (ℓ1-sparse)."""
     retain = data.loader("retain", params.batch_size)
-    optimizer = sgd(model, params.lr)
+    optimizer = sgd(model, params.lr, weight_decay=params.weight_decay)
     schedule = cosine(optimizer, params.epochs * len(retain))
     for epoch in data.epochs(params.epochs):
         for x, y in retain.epoch(epoch_seed(data.seed, epoch)):

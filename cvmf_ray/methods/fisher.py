@@ -31,6 +31,11 @@ class FisherParams:
     alpha: Positive = 1e-6  # noise scale: var = alpha / Fisher, clamped
 
 
+# two decades either side of the published 1e-6, not DeepUnlearn's U[0, 1] (its α is a noise σ): here α scales a
+# variance clamped at 1e3 (×10 for the classifier), so at 1e-4 the noise's std reaches 1
+SEARCH_SPACE = {"alpha": {"loguniform": [1e-8, 1e-4]}}
+
+
 def samples_per_chunk(floats_per_sample: int) -> int:
     """How many samples' gradients fit CHUNK_BYTES (at least one): the batch of a per-sample pass."""
     return max(1, CHUNK_BYTES // (4 * floats_per_sample))
@@ -86,7 +91,7 @@ def noise_variance(p: torch.Tensor, fisher: torch.Tensor, alpha: float, head: bo
     return var.mean(dim=1, keepdim=True).expand_as(p).clone() if p.ndim > 1 else var
 
 
-@register_method("fisher", FisherParams, trains_bn=False)
+@register_method("fisher", FisherParams, trains_bn=False, search_space=SEARCH_SPACE)
 def fisher(model, data: UnlearnData, params: FisherParams):
     model.eval()
     head = classifier(model, data.num_classes)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from cvmf_ray.lazy import F
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Positive, epoch_seed, sgd, step
+from cvmf_ray.methods._common import Count, NonNegative, Positive, epoch_seed, sgd, step
 
 
 @dataclass
@@ -25,11 +25,14 @@ class GradientAscentParams:
     lr: Positive = 1e-3
     batch_size: Count = 256
     clip: Positive = 100.0
+    weight_decay: NonNegative = 5e-4
+    # searched: only the common lr, weight_decay, epochs, batch_size (cvmf_ray/search_space.py); the clip is a safety
+    # bound, not a coefficient, and stays
 
 
 @register_method("gradient_ascent", GradientAscentParams)
 def gradient_ascent(model, data: UnlearnData, params: GradientAscentParams):
-    optimizer = sgd(model, params.lr)
+    optimizer = sgd(model, params.lr, weight_decay=params.weight_decay)
     forget = data.loader("forget", params.batch_size)
     for epoch in data.epochs(params.epochs):
         for x, y in forget.epoch(epoch_seed(data.seed, epoch)):

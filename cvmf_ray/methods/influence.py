@@ -36,6 +36,11 @@ class InfluenceParams:
     samples: Count = 1000  # N: per-sample retain gradients in the WoodFisher recursion
 
 
+# log-uniform over the published 0.2 and digits' 10, not DeepUnlearn's U[0, 1], which leaves a class at 100% on
+# digits (α 2 does too); N stays (a cost, not a coefficient)
+SEARCH_SPACE = {"alpha": {"loguniform": [0.01, 100.0]}}
+
+
 def gradient_sum(model, data: UnlearnData, which: str) -> torch.Tensor:
     """Σ over the `which` set of the per-sample cross-entropy gradients, flattened over all parameters."""
     total, _ = importance_sum(model, data, which, GRADIENT_BATCH, _summed_gradient)
@@ -78,7 +83,7 @@ def woodfisher(model, data: UnlearnData, v: torch.Tensor, samples: int) -> torch
     return k
 
 
-@register_method("influence", InfluenceParams, trains_bn=False)
+@register_method("influence", InfluenceParams, trains_bn=False, search_space=SEARCH_SPACE)
 def influence(model, data: UnlearnData, params: InfluenceParams):
     model.eval()
     n_forget, n_retain = len(data.forget_y), len(data.retain_y)

@@ -12,7 +12,7 @@ same reason: larger batches are too few steps to forget.
 from dataclasses import dataclass
 
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Finite, Positive
+from cvmf_ray.methods._common import Count, Finite, NonNegative, Positive
 from cvmf_ray.methods.finetune import fine_tune
 
 
@@ -22,9 +22,15 @@ class L1SparseParams:
     lr: Positive = 0.01  # peak, cosine-annealed to 0 per step
     batch_size: Count = 256
     alpha: Finite = 1e-4  # initial ℓ1 weight, decayed linearly to 0 over the epochs
+    weight_decay: NonNegative = 5e-4
 
 
-@register_method("l1_sparse", L1SparseParams)
+# two decades either side of the published 1e-4, not DeepUnlearn's U[0, 1]: the penalty sums |θ| over every weight
+# (11M in a ResNet-18), so a weight near 1 would swamp the cross-entropy
+SEARCH_SPACE = {"alpha": {"loguniform": [1e-6, 1e-2]}}
+
+
+@register_method("l1_sparse", L1SparseParams, search_space=SEARCH_SPACE)
 def l1_sparse(model, data: UnlearnData, params: L1SparseParams):
     weights = list(model.parameters())
 

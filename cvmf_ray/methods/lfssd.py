@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from cvmf_ray.lazy import torch
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods.ssd import SsdParams, dampen
+from cvmf_ray.methods.ssd import SEARCH_SPACE, SsdParams, dampen
 
 
 def output_norm_gradient(model, x: torch.Tensor, _y: torch.Tensor, params: list) -> list[torch.Tensor]:
@@ -24,6 +24,6 @@ def output_norm_gradient(model, x: torch.Tensor, _y: torch.Tensor, params: list)
     return [g.abs() for g in torch.autograd.grad(loss, params, materialize_grads=True)]
 
 
-@register_method("lfssd", SsdParams, trains_bn=False)
+@register_method("lfssd", SsdParams, trains_bn=False, search_space=SEARCH_SPACE)  # SSD's
 def lfssd(model, data: UnlearnData, params: SsdParams):
     return dampen(model, data, params, output_norm_gradient)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from cvmf_ray.lazy import F
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Fraction, Positive, cycled, epoch_seed, sgd, step
+from cvmf_ray.methods._common import Count, Fraction, NonNegative, Positive, cycled, epoch_seed, sgd, step
 
 
 @dataclass
@@ -29,11 +29,15 @@ class NegGradPlusParams:
     lr: Positive = 0.01
     batch_size: Count = 128
     alpha: Fraction = 0.9999  # weight of the retain loss; 1 − alpha weighs the forget ascent
+    weight_decay: NonNegative = 5e-4
 
 
-@register_method("neggrad_plus", NegGradPlusParams)
+SEARCH_SPACE = {"alpha": {"uniform": [0.0, 1.0]}}  # DeepUnlearn's NegGrad+ α, U[0, 1]
+
+
+@register_method("neggrad_plus", NegGradPlusParams, search_space=SEARCH_SPACE)
 def neggrad_plus(model, data: UnlearnData, params: NegGradPlusParams):
-    optimizer = sgd(model, params.lr)
+    optimizer = sgd(model, params.lr, weight_decay=params.weight_decay)
     retain = data.loader("retain", params.batch_size)
     forget = cycled(data.loader("forget", params.batch_size), data.seed, stream=1)
     for epoch in data.epochs(params.epochs):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, ForgetRetainMix, Positive, epoch_seed, sgd, step, wrong_labels
+from cvmf_ray.methods._common import Count, ForgetRetainMix, NonNegative, Positive, epoch_seed, sgd, step, wrong_labels
 
 
 @dataclass
@@ -24,6 +24,8 @@ class RandomLabelParams:
     epochs: Count = 3
     lr: Positive = 1e-3
     batch_size: Count = 64
+    weight_decay: NonNegative = 5e-4
+    # searched: only the common lr, weight_decay, epochs, batch_size (cvmf_ray/search_space.py)
 
 
 def train_relabelled(model, data: UnlearnData, params, optimizer: torch.optim.Optimizer):
@@ -39,4 +41,4 @@ def train_relabelled(model, data: UnlearnData, params, optimizer: torch.optim.Op
 
 @register_method("random_label", RandomLabelParams)
 def random_label(model, data: UnlearnData, params: RandomLabelParams):
-    return train_relabelled(model, data, params, sgd(model, params.lr))
+    return train_relabelled(model, data, params, sgd(model, params.lr, weight_decay=params.weight_decay))

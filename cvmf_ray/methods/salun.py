@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from cvmf_ray.lazy import F, torch
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Fraction, Positive
+from cvmf_ray.methods._common import Count, Fraction, NonNegative, Positive
 from cvmf_ray.methods.random_label import train_relabelled
 
 
@@ -31,15 +31,21 @@ class SalUnParams:
     lr: Positive = 1e-3
     batch_size: Count = 128
     mask_ratio: Fraction = 0.5  # fraction of all weights allowed to move, the most salient first
+    weight_decay: NonNegative = 5e-4
 
 
-def masked_sgd(params: list[torch.nn.Parameter], masks: list[torch.Tensor], lr: float) -> torch.optim.SGD:
-    """SGD (momentum 0.9, wd 5e-4) that moves only weights where `mask` is 1; the rest stay at their start.
+SEARCH_SPACE = {"mask_ratio": {"uniform": [0.0, 1.0]}}  # DeepUnlearn's SalUn threshold, U[0, 1]
+
+
+def masked_sgd(
+    params: list[torch.nn.Parameter], masks: list[torch.Tensor], lr: float, weight_decay: float
+) -> torch.optim.SGD:
+    """SGD (momentum 0.9) that moves only weights where `mask` is 1; the rest stay at their start.
 
     A plain SGD with two step hooks: before each step the gradients are masked, after it the masked-out weights
     are put back (weight decay moved them too) and their momentum is zeroed.
     """
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     keep, start = [mask.bool() for mask in masks], [p.detach().clone() for p in params]
 
     def mask_gradients(_optimizer, _args, _kwargs) -> None:
@@ -78,8 +84,8 @@ def saliency_masks(model, data: UnlearnData, ratio: float, batch_size: int) -> l
     return [m.view_as(p) for m, p in zip(chosen.split([p.numel() for p in params]), params, strict=True)]
 
 
-@register_method("salun", SalUnParams)
+@register_method("salun", SalUnParams, search_space=SEARCH_SPACE)
 def salun(model, data: UnlearnData, params: SalUnParams):
     masks = saliency_masks(model, data, params.mask_ratio, params.batch_size)
-    optimizer = masked_sgd(list(model.parameters()), masks, params.lr)
+    optimizer = masked_sgd(list(model.parameters()), masks, params.lr, params.weight_decay)
     return train_relabelled(model, data, params, optimizer)

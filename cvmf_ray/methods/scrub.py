@@ -20,7 +20,18 @@ from dataclasses import dataclass
 
 from cvmf_ray.lazy import F
 from cvmf_ray.methods import UnlearnData, register_method
-from cvmf_ray.methods._common import Count, Finite, Index, Positive, distill_kl, epoch_seed, frozen_copy, sgd, step
+from cvmf_ray.methods._common import (
+    Count,
+    Finite,
+    Index,
+    NonNegative,
+    Positive,
+    distill_kl,
+    epoch_seed,
+    frozen_copy,
+    sgd,
+    step,
+)
 
 
 @dataclass
@@ -33,12 +44,23 @@ class ScrubParams:
     temperature: Positive = 2.0
     alpha: Finite = 0.5  # KL weight in the min step
     gamma: Finite = 1.0  # cross-entropy weight in the min step
+    weight_decay: NonNegative = 5e-4
 
 
-@register_method("scrub", ScrubParams)
+# DeepUnlearn's SCRUB: α, γ U[0, 1]; T U[0, 5] less the T → 0 that divides the logits by 0; msteps, which it draws
+# as its epochs, here 0 (a max-pass in the first epoch only) to 10 (the epochs' cap for a 50-epoch original)
+SEARCH_SPACE = {
+    "alpha": {"uniform": [0.0, 1.0]},
+    "gamma": {"uniform": [0.0, 1.0]},
+    "temperature": {"uniform": [0.1, 5.0]},
+    "msteps": {"int": [0, 10]},
+}
+
+
+@register_method("scrub", ScrubParams, search_space=SEARCH_SPACE)
 def scrub(model, data: UnlearnData, params: ScrubParams):
     teacher = frozen_copy(model)
-    optimizer = sgd(model, params.lr)
+    optimizer = sgd(model, params.lr, weight_decay=params.weight_decay)
     forget = data.loader("forget", params.forget_batch_size)
     retain = data.loader("retain", params.batch_size)
     T = params.temperature

@@ -37,6 +37,12 @@ class SsdParams:
     batch_size: Count = 64
 
 
+# SSD and LFSSD: α log-uniform around the published 10 (ViT 5, digits 4), not DeepUnlearn's U[0, 1]: below 1 it
+# selects every weight the forget set uses as much as the whole set does; λ around the published 1 (factor ≤ λ/α).
+# The batch shapes the importance estimate, not an optimizer: it stays (digits needs 1, outside the common choice).
+SEARCH_SPACE = {"alpha": {"loguniform": [1.0, 100.0]}, "dampening": {"loguniform": [0.1, 10.0]}, "batch_size": None}
+
+
 def squared_gradient(model, x: torch.Tensor, y: torch.Tensor, params: list) -> list[torch.Tensor]:
     """SSD's importance of one batch: the squared gradient of its mean cross-entropy."""
     grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, materialize_grads=True)
@@ -69,6 +75,6 @@ def dampen(model, data: UnlearnData, params: SsdParams, importance: Callable):
     return model
 
 
-@register_method("ssd", SsdParams, trains_bn=False)
+@register_method("ssd", SsdParams, trains_bn=False, search_space=SEARCH_SPACE)
 def ssd(model, data: UnlearnData, params: SsdParams):
     return dampen(model, data, params, squared_gradient)

@@ -41,6 +41,15 @@ class UnsirParams:
     retain_per_class: Count = 1000
 
 
+# the two Adam learning rates as the common lr, log-uniform [1e-5, 1e-1]; λ DeepUnlearn's float family U[0, 1], less
+# the 0 the type refuses; the noise's own optimisation and the set sizes stay
+SEARCH_SPACE = {
+    "impair_lr": {"loguniform": [1e-5, 1e-1]},
+    "repair_lr": {"loguniform": [1e-5, 1e-1]},
+    "noise_l2": {"uniform": [0.01, 1.0]},
+}
+
+
 def error_maximising_noise(model, label: int, shape, params: UnsirParams, device) -> torch.Tensor:
     """A batch of inputs on which `model` is as wrong as possible about `label`, with bounded energy."""
     noise = torch.randn(params.noise_batch, *shape, device=device, requires_grad=True)
@@ -77,7 +86,7 @@ def train(model, x, y, lr: float, params: UnsirParams, data: UnlearnData, stream
             step(optimizer, F.cross_entropy(model(xb), yb))
 
 
-@register_method("unsir", UnsirParams)
+@register_method("unsir", UnsirParams, search_space=SEARCH_SPACE)
 def unsir(model, data: UnlearnData, params: UnsirParams):
     shape = data.forget_x.shape[1:]
     classes = [int(c) for c in data.forget_y.unique()]

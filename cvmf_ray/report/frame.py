@@ -60,9 +60,7 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
     present = set(frame["quant"])
     frame["quant"] = pd.Categorical(frame["quant"], [d for d in order if d in present], ordered=True)
     frame["weight_bits"] = frame["quant_mode"].map(bits).astype(float)
-    frame["forget"] = [
-        _forget_label(c, f) for c, f in zip(frame["forget_class"], frame["forget_fraction"], strict=True)
-    ]
+    frame["forget"] = [forget_label(c, f) for c, f in zip(frame["forget_class"], frame["forget_fraction"], strict=True)]
     order = ["model", "dataset", "seed", "forget_class", "forget_fraction", "method", "quant"]
     return frame.sort_values(order, kind="stable", ignore_index=True)
 
@@ -72,7 +70,7 @@ def deployment(quant: str, bn_reestimate: str) -> str:
     return quant if bn_reestimate == "none" else f"{quant} + BN re-est. {bn_reestimate}"
 
 
-def _forget_label(forget_class, forget_fraction) -> str:
+def forget_label(forget_class, forget_fraction) -> str:
     if pd.notna(forget_class):
         return f"class {int(forget_class)}"
     return f"{forget_fraction:.0%} random" if pd.notna(forget_fraction) else "-"

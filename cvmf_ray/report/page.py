@@ -1,4 +1,5 @@
-"""`write_report`: report.html (one self-contained page), figures/*.png + *.pdf and tables/*.csv/.md/.tex.
+"""`write_report`: report.html (one self-contained page), figures/*.png + *.pdf and tables/*.csv/.md/.tex; with
+a run's tuning.parquet, a Tuning section too (`cvmf_ray.report.tuning`).
 
 The page embeds its figures as data URIs and its style inline: it opens from a file, with no network and
 no server, and can be mailed as one file.
@@ -28,6 +29,7 @@ from cvmf_ray.report.tables import (
     summary,
     write_table,
 )
+from cvmf_ray.report.tuning import TUNING_PLOT, study_table, tally, tuning_frame, values_table
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -50,11 +52,14 @@ NO_RECIPES = (
 PAPER_STYLE = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 9}  # TrueType in the PDFs, as journals ask
 
 
-def write_report(table: pa.Table, out_dir: Path, title: str | None = None) -> list[Path]:
+def write_report(
+    table: pa.Table, out_dir: Path, title: str | None = None, tuning: pa.Table | None = None
+) -> list[Path]:
     """Write the report of one results table under `out_dir`; return every file written, report.html first.
 
     Works on partial and failing runs: failed and pending rows are counted and listed, never aggregated, and
-    a figure whose inputs the run lacks is replaced by a note saying which.
+    a figure whose inputs the run lacks is replaced by a note saying which. `tuning`: the run's tuning.parquet,
+    if it has one; it adds the Tuning section, its figure and the tables tuning_studies and tuning_values.
     """
     out_dir = Path(out_dir)
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
@@ -67,6 +72,7 @@ def write_report(table: pa.Table, out_dir: Path, title: str | None = None) -> li
         **{name: recovery_table(stats, metric) for name, metric in RECOVERY_TABLES.items()},
         "failed": failed_table(frame),
     }
+    tuning_html, tuning_paths = ("", []) if tuning is None else _tuning(tuning_frame(tuning), out_dir)
     table_paths = [p for name, t in tables.items() if len(t) for p in write_table(t, out_dir / "tables", name)]
     stats.to_csv(out_dir / "tables" / "aggregate.csv", index=False)
     title = title or (info.get("grid") or {}).get("name") or out_dir.parent.name
@@ -76,15 +82,16 @@ def write_report(table: pa.Table, out_dir: Path, title: str | None = None) -> li
         _identity(frame, info),
         "<h2>Figures</h2>",
         figures_html,
+        tuning_html,
         _tables_html(tables),
     ]
     page = out_dir / "report.html"
     page.write_text(
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n",
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(part for part in body if part) + "\n</body></html>\n",
         encoding="utf-8",
     )
-    written = [page, *figure_paths, *table_paths, out_dir / "tables" / "aggregate.csv"]
+    written = [page, *figure_paths, *tuning_paths, *table_paths, out_dir / "tables" / "aggregate.csv"]
     _remove_stale(out_dir, written)
     return written
 
@@ -231,6 +238,30 @@ def _plain(value) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
 
 
+def _tuning(trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
+    """The Tuning section: what was tuned and how the trials went, the studies' figure, then their two tables;
+    with the files it wrote."""
+    if trials.empty:
+        return '<h2>Tuning</h2><p class="note">tuning.parquet holds no trial yet.</p>', []
+    (out_dir / "figures").mkdir(exist_ok=True)
+    figure, paths = _figure(TUNING_PLOT, trials, out_dir / "figures" / TUNING_PLOT.name)
+    tables = {"tuning_values": values_table(trials), "tuning_studies": study_table(trials)}
+    paths += [p for name, t in tables.items() if len(t) for p in write_table(t, out_dir / "tables", name, as_text=True)]
+    intro = (
+        f"{tally(trials)} Each study tuned one method for one model, dataset and forget set against the retrained "
+        "model, on a validation split held out of the training set (never the test set); the figures' and "
+        "tables' METHOD@tuned rows use the chosen trial's values."
+    )
+    parts = ["<h2>Tuning</h2>", f"<p>{html.escape(intro)}</p>", figure]
+    parts += [_table_html(tables[name], name, f"<h3>{html.escape(head)}</h3>") for name, head in TUNING_HEADS.items()]
+    return "\n".join(parts), paths
+
+
+TUNING_HEADS = {
+    "tuning_values": "Tuned against published values (each searched hyperparameter, and any other the tuning changed)",
+    "tuning_studies": "Per study: trials by outcome, the chosen trial, its objective and the objective's components "
+    "(gaps to the retrained model; lower is better)",
+}
 HEADS = {
     "summary": f"Summary per model, dataset, method and quant mode ({ESTIMATE_NOTE})",
     "ranking": "Methods ranked by gap to retrain, per quant mode (retrain itself, gap 0, left out)",

@@ -75,11 +75,12 @@ def failed_table(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.loc[frame["status"] != "ok", columns].fillna({"error": "never ran"}).reset_index(drop=True)
 
 
-def write_table(table: pd.DataFrame, folder: Path, stem: str) -> list[Path]:
-    """`stem`.csv, .md and .tex: the same table for a spreadsheet, a README and a paper."""
+def write_table(table: pd.DataFrame, folder: Path, stem: str, as_text: bool = False) -> list[Path]:
+    """`stem`.csv, .md and .tex: the same table for a spreadsheet, a README and a paper. `as_text`: the cells are
+    formatted already and the Markdown keeps them so (tabulate would read "1.00e-04" as a number, write 0.0001)."""
     paths = [folder / f"{stem}.{ext}" for ext in ("csv", "md", "tex")]
     table.to_csv(paths[0], index=False)
-    paths[1].write_text(table.to_markdown(index=False) + "\n")
+    paths[1].write_text(table.to_markdown(index=False, disable_numparse=as_text) + "\n")
     paths[2].write_text(table.to_latex(index=False, escape=True))
     return paths
 

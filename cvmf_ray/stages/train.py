@@ -46,7 +46,8 @@ def train(
 
     `meter` counts epochs and images for the progress line (cvmf_ray/meter.py).
 
-    Returns the trained model (eval mode, default memory format) and `{"train_seconds", "train_loss", "epochs"}`.
+    Returns the trained model (eval mode, default memory format) and `{"train_seconds", "train_loss", "epochs",
+    "train_images"}` (the images it trained on: what a held-out split or an excluded forget set left).
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -73,7 +74,8 @@ def train(
         if on_epoch is not None and done % recipe.checkpoint_every == 0 and done < recipe.epochs:
             on_epoch(done, checkpoint(model, optimizer, done))  # the last epoch's state is the trained model
     model.to(memory_format=torch.contiguous_format).eval()
-    return model, {"train_seconds": time.perf_counter() - started, "train_loss": mean_loss, "epochs": recipe.epochs}
+    return model, {"train_seconds": time.perf_counter() - started, "train_loss": mean_loss, "epochs": recipe.epochs,
+                   "train_images": len(loader.y)}  # fmt: skip
 
 
 def train_epoch(forward, loader: DeviceLoader, optimizer, recipe: TrainRecipe, epoch: int, seed: int, bf16: bool):

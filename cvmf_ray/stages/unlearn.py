@@ -10,7 +10,7 @@ from torch import nn
 
 from cvmf_ray.data import Augment
 from cvmf_ray.datasets import ImageData
-from cvmf_ray.errors import CellError
+from cvmf_ray.errors import CellError, Diverged
 from cvmf_ray.forget import ForgetSpec, forget_mask
 from cvmf_ray.meter import Meter
 from cvmf_ray.methods import UnlearnData, resolve_method
@@ -61,7 +61,7 @@ def unlearn(
     if _shapes(model) != shapes:  # the artifact is restored into a freshly built model of the original's name
         raise CellError(f"{method} changed the model's architecture; it must return the same layers")
     if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise CellError(f"{method} diverged: the unlearnt weights contain NaN or inf")
+        raise Diverged(f"{method} diverged: the unlearnt weights contain NaN or inf")
     return model.eval(), {"unlearn_seconds": seconds}
 
 
