@@ -63,14 +63,15 @@ def numeric(row: dict) -> dict[str, float]:
 def test_export_logs_one_nested_run_per_row_and_a_second_export_duplicates_nothing(default_run, server, cli, tmp_path):
     code, out, err = cli("export", default_run, "--mlflow", server, "--experiment", "export")
     assert code == 0, err
-    assert "exported 20 rows" in out and "20 new, 0 updated, 0 unchanged" in out and "6 figures" in out
+    # the 6 plots of small_cnn on digits, and which deployment step undoes unlearning
+    assert "exported 20 rows" in out and "20 new, 0 updated, 0 unchanged" in out and "7 figures" in out
     table = pq.read_table(default_run / "results.parquet")
     parent, children = grid_runs(server, "export")
     assert parent.info.status == "FINISHED" and parent.info.run_name == "default"
     assert parent.data.tags["cvmf_ray.grid"] == json.loads(table.schema.metadata[RUN_METADATA])["grid_digest"]
     client = MlflowClient(server)
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"figures", "report.html"}
-    assert len([a for a in client.list_artifacts(parent.info.run_id, "figures") if a.path.endswith(".png")]) == 6
+    assert len([a for a in client.list_artifacts(parent.info.run_id, "figures") if a.path.endswith(".png")]) == 7
     rows = table.to_pylist()
     assert children.keys() == {row["key"] for row in rows}
     for row in rows:

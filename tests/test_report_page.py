@@ -69,7 +69,8 @@ def test_a_real_run_gets_every_figure_its_table_supports(real_report):
         assert pdf.startswith(b"%PDF") and b"/FontFile2" in pdf  # vector, TrueType fonts embedded (no Type 3)
     if not has_class_columns:
         assert "not drawn, needs class-wise forgetting and the per-class column test_class_accuracy" in page
-    assert page.count("<figcaption>") == len(drawn)
+    assert (out / "figures" / "deployment_steps.png").exists()  # the default grid quantizes (fp16, bf16, int8)
+    assert page.count("<figcaption>") == len(drawn) + 1  # the per-model plots, then which deployment step undoes
     assert f"{table.num_rows} evaluated models" in page
     recipes = recipe_rows(page)
     digits = dict(zip(recipes["dataset"], recipes["digits"], strict=True))

@@ -86,19 +86,24 @@ def _errorbars(ax, x, stats: pd.DataFrame, color, horizontal: bool = False) -> N
         ax.errorbar(x, mean, yerr=err, fmt="none", ecolor=color, capsize=3, lw=1)
 
 
-def _heatmap(ax, values: pd.DataFrame, cmap: str, norm: Normalize, marks: pd.DataFrame | None = None, fmt="{:.3f}"):
-    """Cells coloured and written with their value (`*` where `marks`), grey where nothing was measured."""
+def annotated_heatmap(ax, values: pd.DataFrame, cmap: str, norm: Normalize, marks: pd.DataFrame | None = None,
+                      fmt="{:.3f}", labels: pd.DataFrame | None = None, fontsize: float = 8):  # fmt: skip
+    """Cells coloured and written with their value (`*` where `marks`), grey where nothing was measured;
+    `labels`: the text of each cell instead, grey cells included (why there is no value: n/a, failed)."""
     data = np.ma.masked_invalid(values.to_numpy(dtype=float))
     palette = colormaps[cmap].with_extremes(bad="#dddddd")
     image = ax.imshow(data, cmap=palette, norm=norm, aspect="auto")
     ax.set_xticks(range(values.shape[1]), values.columns, rotation=30, ha="right")
     ax.set_yticks(range(values.shape[0]), values.index)
     for (i, j), value in np.ndenumerate(values.to_numpy(dtype=float)):
-        if np.isfinite(value):
-            star = "*" if marks is not None and marks.iat[i, j] else ""
-            dark = palette(norm(value))[:3]
-            ink = "white" if sum(dark) < 1.5 else "black"
-            ax.text(j, i, fmt.format(value) + star, ha="center", va="center", fontsize=8, color=ink)
+        finite = np.isfinite(value)
+        if labels is not None:
+            text = labels.iat[i, j]
+        else:
+            text = fmt.format(value) + ("*" if marks is not None and marks.iat[i, j] else "") if finite else ""
+        ink = "white" if finite and sum(palette(norm(value))[:3]) < 1.5 else "black"
+        if text:
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=ink)
     return image
 
 
@@ -116,7 +121,7 @@ def recovery_heatmap(s: Slice) -> Figure:
         mean = grid["mean"].reindex(index=methods, columns=quants)
         marked = grid["marked"].reindex(index=methods, columns=quants).fillna(0).astype(bool)
         limit = max(np.nanmax(np.abs(mean.to_numpy(dtype=float)), initial=0.0), 0.01)
-        image = _heatmap(ax, mean, "RdBu_r", Normalize(-limit, limit), marked, fmt="{:+.3f}")
+        image = annotated_heatmap(ax, mean, "RdBu_r", Normalize(-limit, limit), marked, fmt="{:+.3f}")
         fig.colorbar(image, ax=ax, shrink=0.9, label="mean change from fp32")
         ax.set_title(label)
     return fig
@@ -225,7 +230,7 @@ def class_forget(s: Slice) -> Figure:
     grid.columns = [str(int(c)) for c in grid.columns]
     fig = Figure(figsize=(2.6 + 0.6 * grid.shape[1], 1.4 + 0.32 * grid.shape[0]), layout="constrained")
     ax = fig.subplots()
-    image = _heatmap(ax, grid, "viridis", Normalize(0, 1), fmt="{:.2f}")
+    image = annotated_heatmap(ax, grid, "viridis", Normalize(0, 1), fmt="{:.2f}")
     ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=0, ha="center")
     ax.set_xlabel("forgotten class")
     fig.colorbar(image, ax=ax, shrink=0.9, label="forget-train accuracy")

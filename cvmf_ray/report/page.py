@@ -1,5 +1,6 @@
 """`write_report`: report.html (one self-contained page), figures/*.png + *.pdf and tables/*.csv/.md/.tex; with
-a run's tuning.parquet, a Tuning section too (`cvmf_ray.report.tuning`).
+a deployment step (a quant mode other than fp32, a BatchNorm step), the section on which step undoes which
+unlearning (`cvmf_ray.report.deployment`); with a run's tuning.parquet, a Tuning section (`cvmf_ray.report.tuning`).
 
 The page embeds its figures as data URIs and its style inline: it opens from a file, with no network and
 no server, and can be mailed as one file.
@@ -16,6 +17,7 @@ import matplotlib
 import pandas as pd
 import pyarrow as pa
 
+from cvmf_ray.report.deployment import DEPLOYMENT_PLOT, deployment_steps, has_steps
 from cvmf_ray.report.figures import PLOTS, Plot, Skipped, Slice, method_colors
 from cvmf_ray.report.frame import run_info, to_frame
 from cvmf_ray.report.stats import aggregate, estimate, excludes_zero, ranking
@@ -66,6 +68,7 @@ def write_report(
     frame, info = to_frame(table), run_info(table)
     stats = aggregate(frame)
     figures_html, figure_paths = _figures(frame, stats, out_dir / "figures")
+    deployment_html, deployment_paths = _deployment(frame, stats, out_dir) if has_steps(frame) else ("", [])
     tables = {
         "summary": summary(stats),
         "ranking": ranking_table(stats),
@@ -74,7 +77,8 @@ def write_report(
     }
     tuning_html, tuning_paths = ("", []) if tuning is None else _tuning(tuning_frame(tuning), out_dir)
     table_paths = [p for name, t in tables.items() if len(t) for p in write_table(t, out_dir / "tables", name)]
-    stats.to_csv(out_dir / "tables" / "aggregate.csv", index=False)
+    aggregate_csv = out_dir / "tables" / "aggregate.csv"
+    stats.to_csv(aggregate_csv, index=False)
     title = title or (info.get("grid") or {}).get("name") or out_dir.parent.name
     body = [
         f"<h1>cvmf-ray report: {html.escape(title)}</h1>",
@@ -82,6 +86,7 @@ def write_report(
         _identity(frame, info),
         "<h2>Figures</h2>",
         figures_html,
+        deployment_html,
         tuning_html,
         _tables_html(tables),
     ]
@@ -91,7 +96,7 @@ def write_report(
         f"<style>{STYLE}</style></head><body>\n" + "\n".join(part for part in body if part) + "\n</body></html>\n",
         encoding="utf-8",
     )
-    written = [page, *figure_paths, *tuning_paths, *table_paths, out_dir / "tables" / "aggregate.csv"]
+    written = [page, *figure_paths, *deployment_paths, *tuning_paths, *table_paths, aggregate_csv]
     _remove_stale(out_dir, written)
     return written
 
@@ -236,6 +241,36 @@ def _plain(value) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value)) or "none"
     return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
+
+
+def _deployment(frame: pd.DataFrame, stats: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
+    """The section on which deployment step undoes which unlearning: its figure, then one table per model (the
+    files hold them all, tables/deployment_steps.*); with the files it wrote."""
+    steps = deployment_steps(frame, stats)
+    (out_dir / "figures").mkdir(exist_ok=True)
+    figure, paths = _figure(DEPLOYMENT_PLOT, steps, out_dir / "figures" / DEPLOYMENT_PLOT.name)
+    table = steps.table()
+    paths += write_table(table, out_dir / "tables", DEPLOYMENT_PLOT.name, as_text=True)
+    parts = ["<h2>Which deployment step undoes unlearning</h2>", f"<p>{html.escape(DEPLOYMENT_INTRO)}</p>", figure]
+    for (model, dataset), rows in table.groupby(["model", "dataset"], sort=False):
+        head = f"<h3>{html.escape(model)} on {html.escape(dataset)}</h3>"
+        if (rows[list(steps.text.columns)] == "n/a").all(axis=None):  # a model without BatchNorm, BN steps only
+            parts.append(f'{head}<p class="note">Every cell n/a: no deployment step of this run applies.</p>')
+        else:
+            parts.append(_table_html(rows, DEPLOYMENT_PLOT.name, head))
+    return "\n".join(parts), paths
+
+
+DEPLOYMENT_INTRO = (
+    "Each cell: how much forget-train accuracy changed when the deployment step of its column was applied to the "
+    "model of its row, against the same model as unlearnt (fp32, no BatchNorm step): positive = the step undid "
+    "forgetting, negative = the model forgot more. Columns: each weight quantization alone (widest first), each "
+    "BatchNorm re-estimation alone (on train, retain or test images), then each combination. Rows: each method, "
+    "its BN-frozen control right below it, original and retrain as the references. Cells read mean ± half-width "
+    "of the 95% t-interval over seeds × forget sets, or mean [low, high] where clipping to [−1, 1] made it uneven, "
+    "or mean (n=1) where one run gives no interval; n/a: the step does not apply (a model without BatchNorm); "
+    "failed: every run of the cell failed; -: not run (yet)."
+)
 
 
 def _tuning(trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:

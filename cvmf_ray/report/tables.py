@@ -28,7 +28,7 @@ ROW_METRICS = [m for m in KEY_METRICS if m != "recovery_mia_efficacy"]  # the pe
 ESTIMATE_NOTE = f"mean ± half-width of the {INTERVAL}, or mean [low, high] where clipped; no interval where n = 1"
 
 
-def _estimates(stats: pd.DataFrame, row_n: pd.Series | None = None) -> list[str]:
+def estimates(stats: pd.DataFrame, row_n: pd.Series | None = None) -> list[str]:
     """One 'mean ± half-width' (or clipped 'mean [low, high]') label per statistics row; `row_n`: the n its table
     shows beside it, if any."""
     row_n = [None] * len(stats) if row_n is None else row_n
@@ -40,7 +40,7 @@ def summary(stats: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, dataset, method, quant): n (ok rows) and 'mean ± half-width' of the key metrics."""
     group_n = stats.groupby(GROUP, observed=True)["n"].transform("max")
     key = stats["metric"].isin(list(KEY_METRICS))
-    cells = stats[key].assign(metric=stats["metric"].astype(str), cell=_estimates(stats[key], group_n[key]))
+    cells = stats[key].assign(metric=stats["metric"].astype(str), cell=estimates(stats[key], group_n[key]))
     wide = cells.pivot(index=GROUP, columns="metric", values="cell")
     wide = wide.reindex(columns=[m for m in KEY_METRICS if m in wide.columns]).fillna("-").rename(columns=KEY_METRICS)
     wide.insert(0, "n", stats.groupby(GROUP, observed=True)["n"].max().reindex(wide.index))
@@ -54,7 +54,7 @@ def ranking_table(stats: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             **{c: ranked[c] for c in ("model", "dataset", "quant", "rank", "method", "n")},
-            "gap_to_retrain": _estimates(ranked, ranked["n"]),
+            "gap_to_retrain": estimates(ranked, ranked["n"]),
             "unlearn_s": seconds.reindex(pd.MultiIndex.from_frame(ranked[GROUP])).round(2).to_numpy(),
         }
     )
@@ -63,7 +63,7 @@ def ranking_table(stats: pd.DataFrame) -> pd.DataFrame:
 def recovery_table(stats: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Method × quant mode grid of one recovery metric (quantized rows only), as 'mean ± half-width'."""
     rows = stats[(stats["metric"] == metric) & (stats["quant"] != "fp32")]
-    rows = rows.assign(cell=_estimates(rows), quant=rows["quant"].cat.remove_unused_categories())
+    rows = rows.assign(cell=estimates(rows), quant=rows["quant"].cat.remove_unused_categories())
     grid = rows.pivot(index=["model", "dataset", "method"], columns="quant", values="cell")
     return grid.fillna("-").reset_index().rename_axis(columns=None)
 
