@@ -179,6 +179,8 @@ def rows_from_table(table: pa.Table, keys: Iterable[str]) -> tuple[dict[str, dic
         if row.get("key") not in wanted or row.get("status") != "ok":
             continue
         rows[row["key"]] = {name: row.get(name) for name in OWN_COLUMNS}
+        if row.get("tuned") is None:  # a table written before the column existed
+            rows[row["key"]]["tuned"] = row["method"].endswith(TUNED)
         if row.get("compare_key"):
             entry = comparisons.setdefault(row["compare_key"], {"rows": {}, "group": {}})
             entry["rows"][row["key"]] = {name: row.get(name) for name in compared}

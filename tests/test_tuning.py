@@ -13,7 +13,7 @@ from cvmf_ray.cells import CellSettings, execute_cell
 from cvmf_ray.config import load_config
 from cvmf_ray.grid import Cell, expand_grid
 from cvmf_ray.objective import WORST, best_trial, score
-from cvmf_ray.results import tuning_row, tuning_table
+from cvmf_ray.results import rows_from_table, tuning_row, tuning_table
 from cvmf_ray.stages.tune import Holdout, holdout
 from tests.conftest import kill_session, metas, start_driver, wait_for
 
@@ -144,6 +144,15 @@ def _tensors(artifact):
     from cvmf_ray.cells import decode
 
     return decode("k", artifact.blob)
+
+
+def test_rows_kept_from_a_table_written_before_the_tuned_column_say_whether_they_are_tuned():
+    import pyarrow as pa
+
+    old = pa.Table.from_pylist([{"key": "a", "method": "salun", "status": "ok"},
+                                {"key": "b", "method": "salun@tuned", "status": "ok"}])  # fmt: skip
+    rows, _ = rows_from_table(old, {"a", "b"})
+    assert (rows["a"]["tuned"], rows["b"]["tuned"]) == (False, True)
 
 
 def test_the_objective_and_the_choice():
