@@ -138,12 +138,18 @@ def _run_cells(config, grid, store, scheduler, log, verbose, stop, on_row=None, 
 
 def _previous_table(store: RunStore, log) -> pa.Table | None:
     """The run's results.parquet; None when there is none, or when it is damaged (said once, through `log`)."""
-    if not store.file_exists("results.parquet"):
+    return _optional_parquet(store, "results.parquet", "rebuilding it from evaluations/ and artifacts/", log)
+
+
+def _optional_parquet(store: RunStore, name: str, instead: str, log) -> pa.Table | None:
+    """A table of the run directory; None when there is none, or when it is damaged (said once, with what happens
+    `instead`, through `log`)."""
+    if not store.file_exists(name):
         return None
     try:
-        return store.read_parquet("results.parquet")
+        return store.read_parquet(name)
     except (OSError, pa.ArrowException) as err:
-        log(f"warning: results.parquet is damaged ({first_line(err)}); rebuilding it from evaluations/ and artifacts/")
+        log(f"warning: {name} is damaged ({first_line(err)}); {instead}")
         return None
 
 
@@ -196,13 +202,7 @@ def _finished_trials(store: RunStore, grid: Grid, done: set[str]) -> dict[str, d
 
 def read_tuning(store: RunStore, log) -> pa.Table | None:
     """The run's tuning.parquet; None without one, or when it is damaged (said once, through `log`)."""
-    if not store.file_exists("tuning.parquet"):
-        return None
-    try:
-        return store.read_parquet("tuning.parquet")
-    except (OSError, pa.ArrowException) as err:
-        log(f"warning: tuning.parquet is damaged ({first_line(err)}); its tuning trials are left out")
-        return None
+    return _optional_parquet(store, "tuning.parquet", "its tuning trials are left out", log)
 
 
 def _stale_choices(store: RunStore, grid: Grid, done: set[str]) -> set[str]:
