@@ -26,7 +26,7 @@ from cvmf_ray.datasets import DATASETS, ImageData
 from cvmf_ray.errors import CellError, Diverged, MissingInput
 from cvmf_ray.evidence.mechanism import quant_update, quantized_weight_names
 from cvmf_ray.evidence.relearn import dequantized_copy, relearn
-from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks
+from cvmf_ray.forget import ForgetSpec, forget_mask, forget_masks, retain_sample
 from cvmf_ray.grid import Cell
 from cvmf_ray.meter import Meter
 from cvmf_ray.models import create_model, model_info
@@ -302,7 +302,10 @@ def _quantize(job: Job) -> StageOutput:
 def _evaluate(job: Job) -> StageOutput:
     p, data, device = job.params, job.data, job.settings.device
     model = restore_model(job.parent_meta, job.parent_tensors).to(device)
-    metrics, logits = evaluate(model, data, *forget_masks(data, ForgetSpec(**p["forget"]), p["seed"]), device=device)
+    train_forget, test_forget = forget_masks(data, ForgetSpec(**p["forget"]), p["seed"])
+    bounded = "retain_images" in p
+    inferred = retain_sample(train_forget, test_forget, p["retain_images"], p["seed"]) if bounded else None
+    metrics, logits = evaluate(model, data, train_forget, test_forget, inferred=inferred, device=device)
     if "relearn" in p:
         metrics.update(_relearn(job, model))
     return StageOutput(metrics, job.parent_meta["quant"], logits, OUTPUTS)

@@ -212,6 +212,8 @@ class GridConfig(BaseModel):
     unlearn_epochs: Count | None = None  # overrides every method's own default
     method_params: dict[str, dict[str, Any]] = {}  # e.g. {"finetune": {"lr": 0.01}}
     calibration_size: Count = 512  # retain-train images used to calibrate quantization
+    # retain-train images each evaluation infers, a seeded sample per seed (default: all); forget and test sets whole
+    eval_retain_images: Count | None = None
     # BatchNorm re-estimation: AIMET's `reestimate_bn_stats` default of 100 batches, cumulative average (Nagel et
     # al. 2022); batches of the dataset's training batch size unless given (a deployer's training loader)
     bn_reestimate_batches: Count = 100

@@ -52,6 +52,24 @@ def forget_mask(spec: ForgetSpec, labels: torch.Tensor, seed: int) -> torch.Tens
     return mask
 
 
+def retain_sample(train_forget: torch.Tensor, test_forget: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Mask of the training images a bounded evaluation infers: the whole forget set and `size` retain images (all
+    of them when there are no more). They start with the SVC attack's members (`privacy.svc_efficacy`: the first
+    as many retain images as retain-test images, in dataset order), so `mia_efficacy` is the full evaluation's;
+    the rest is a random draw seeded by the cell's seed, so a model and the retrain of its seed are read on the
+    same images and their gap is a paired difference."""
+    retain = (~train_forget).nonzero().squeeze(1)
+    first = int((~test_forget).sum())
+    if len(retain) <= max(size, first):
+        return torch.ones_like(train_forget)
+    head, rest = retain[:first], retain[first:]
+    drawn = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))[: max(size - first, 0)]]
+    inferred = train_forget.clone()
+    inferred[head] = True
+    inferred[drawn] = True
+    return inferred
+
+
 def forget_masks(data: ImageData, spec: ForgetSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean masks (train, test) of the forget set. Random-sample forgetting has no forget-class test
     images: its test mask is all False (`forget_test` metrics are null, `retain_test` is the whole test set)."""

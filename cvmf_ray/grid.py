@@ -284,7 +284,8 @@ def _quantized_and_evaluated(grid, config, identity, source, deployed, original)
             model_cell = grid.add(Cell.make("quantize", deployed.key, params, reference))
             evaluate_inputs = {"source": deployed.key} if config.relearn else {}
         relearn = {"relearn": config.relearn_params.model_dump()} if config.relearn else {}
-        params = {**identity, "quant": quant, **relearn}
+        bounded = {"retain_images": config.eval_retain_images} if config.eval_retain_images else {}
+        params = {**identity, "quant": quant, **relearn, **bounded}
         yield quant, grid.add(Cell.make("evaluate", model_cell.key, params, evaluate_inputs)).key
 
 

@@ -43,9 +43,10 @@ def cell_cost(cell: Cell) -> float:
 def cell_work(cell: Cell) -> float:
     """A cell's work before it runs, in pixels through its model: what decides whether it is worth a wide trial
     (runner.py). Training and unlearning: epochs x training images (an upper bound for a method that reads only
-    the forget set); evaluation: every train and test image once (forward passes plus the attacks' and metrics'
-    own work, measured on Fashion-MNIST at about a training epoch's time); BatchNorm re-estimation: its batches;
-    quantization: its calibration images; a comparison reads logits only."""
+    the forget set); evaluation: every train and test image once, or a bounded one's retain sample and the test set
+    (forward passes plus the attacks' and metrics' own work, measured on Fashion-MNIST at about a training epoch's
+    time); BatchNorm re-estimation: its batches; quantization: its calibration images; a comparison reads logits
+    only."""
     p = cell.params
     spec = DATASETS.get(p["dataset"])
     images = {
@@ -54,7 +55,7 @@ def cell_work(cell: Cell) -> float:
         "unlearn": lambda: p.get("hparams", {}).get("epochs", 1) * spec.train_size,
         "reestimate": lambda: p["batches"] * p["batch_size"],
         "quantize": lambda: p["calibration_size"],
-        "evaluate": lambda: spec.train_size + spec.test_size,
+        "evaluate": lambda: min(p.get("retain_images", spec.train_size), spec.train_size) + spec.test_size,
         "compare": lambda: 0,
     }[cell.stage]()
     return float(images) * spec.in_channels * spec.image_size**2

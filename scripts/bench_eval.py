@@ -2,6 +2,7 @@
 over its 70,000 distinct images, the floor a cell is held to.
 
     PYTHONPATH=. .venv/bin/python scripts/bench_eval.py [--threads 1] [--modes fp32,int8] [--data-root DIR]
+    PYTHONPATH=. .venv/bin/python scripts/bench_eval.py --no-passes --retain-images 10000   # bounded cells too
     PYTHONPATH=<checkout of an older commit> .venv/bin/python scripts/bench_eval.py    # "before"
 
 Trains small_cnn on the real data (the Debian package's files: scripts/_real_data.py), quantizes it into each
@@ -12,7 +13,9 @@ passes infer the 70,000 images with the old settings (NCHW, batches of 1024), th
 (channels_last, batches of 64) and inductor-compiled (freezing, channels_last, batches of 64, compile time
 included). For int8, a second row runs the same graph eagerly (quantize/dequantize ops around fp32
 convolutions: what runs on a GPU, or where compiling fails). Also runs against the code before issue 12,
-whose `evaluate(model, splits, mean, std)` returns the metrics only.
+whose `evaluate(model, splits, mean, std)` returns the metrics only. With `--retain-images N`, each mode's cell is
+also timed as a bounded evaluation (`eval_retain_images: N`: the forget and test sets whole, N retain-train
+images), beside how far its retain-train accuracy and MIA efficacy land from the full cell's.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from _real_data import fashion_mnist
 import cvmf_ray
 from cvmf_ray.config import TrainRecipe
 from cvmf_ray.data import normalize
-from cvmf_ray.forget import ForgetSpec, forget_mask, split_data
+from cvmf_ray.forget import ForgetSpec, forget_mask, retain_sample, split_data
 from cvmf_ray.models import create_model
 from cvmf_ray.quant import QUANT_MODES
 from cvmf_ray.stages import evaluate, quantize, train
@@ -64,12 +67,26 @@ def fp32_pass(model, images, data, batch_size: int, channels_last: bool, compile
             forward(x)
 
 
-def run_evaluate(model, data, seed: int = 0) -> dict:
-    """This checkout's evaluate, on the grid's five splits; the old signature took the splits themselves."""
+def run_evaluate(model, data, seed: int = 0, retain_images: int | None = None) -> dict:
+    """This checkout's evaluate, on the grid's five splits (bounded to `retain_images` retain-train images when
+    given); the old signature took the splits themselves."""
     if "splits" in inspect.signature(evaluate).parameters:
         return evaluate(model, split_data(data, FORGET, seed), data.mean, data.std)
     train_forget = forget_mask(FORGET, data.train_y, seed)
-    return evaluate(model, data, train_forget, data.test_y == FORGET.forget_class)[0]
+    test_forget = data.test_y == FORGET.forget_class
+    if not retain_images:
+        return evaluate(model, data, train_forget, test_forget)[0]
+    inferred = retain_sample(train_forget, test_forget, retain_images, seed)
+    return evaluate(model, data, train_forget, test_forget, inferred=inferred)[0]
+
+
+def print_bounded(model, data, retain_images: int, full: dict, wall: float, cpu: float) -> None:
+    """The same cell bounded to `retain_images` retain-train images, against the full cell just timed."""
+    bounded, b_wall, b_cpu = timed(lambda: run_evaluate(model, data, retain_images=retain_images))
+    moved = {name: bounded[name] - full[name] for name in ("retain_train_accuracy", "mia_efficacy")}
+    print(f"{'  bounded':<12} {'':>10} {'':>9} {b_wall:>11.1f} {b_cpu:>10.1f} {bounded['test_accuracy']:>8.2%}  "
+          f"{b_wall / wall:.2f}x, {b_cpu / cpu:.2f}x the full cell; retain-train accuracy "
+          f"{moved['retain_train_accuracy']:+.4f}, MIA efficacy {moved['mia_efficacy']:+.4f}", flush=True)  # fmt: skip
 
 
 def machine(threads: int) -> str:
@@ -91,6 +108,7 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated quant modes")
     parser.add_argument("--passes", action=argparse.BooleanOptionalAction, default=True, help="time the fp32 passes")
     parser.add_argument("--data-root", help="folder with FashionMNIST/raw/ (default: unpack the Debian package's)")
+    parser.add_argument("--retain-images", type=int, help="also time each cell bounded to this many retain images")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)  # inductor's internal copy-construct warning
@@ -133,6 +151,8 @@ def main() -> None:
             ratio = f"{wall / fp32_cell[0]:.2f}x, {cpu / fp32_cell[1]:.2f}x" if fp32_cell else "(no fp32 cell yet)"
             print(f"{name:<12} {metrics['quantize_seconds']:>10.2f} {restore_s:>9.2f} {wall:>11.1f} {cpu:>10.1f} "
                   f"{result['test_accuracy']:>8.2%}  {ratio}", flush=True)  # fmt: skip
+            if args.retain_images and name == mode:
+                print_bounded(variant, data, args.retain_images, result, wall, cpu)
 
 
 if __name__ == "__main__":
