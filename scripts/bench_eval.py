@@ -74,9 +74,7 @@ def run_evaluate(model, data, seed: int = 0, retain_images: int | None = None) -
         return evaluate(model, split_data(data, FORGET, seed), data.mean, data.std)
     train_forget = forget_mask(FORGET, data.train_y, seed)
     test_forget = data.test_y == FORGET.forget_class
-    if not retain_images:
-        return evaluate(model, data, train_forget, test_forget)[0]
-    inferred = retain_sample(train_forget, test_forget, retain_images, seed)
+    inferred = retain_sample(train_forget, test_forget, retain_images, seed) if retain_images else None
     return evaluate(model, data, train_forget, test_forget, inferred=inferred)[0]
 
 

@@ -56,15 +56,13 @@ def evaluate(
     # one pass over all images: one compile for a mode that compiles (int8)
     all_logits = predict(model, torch.cat([train_x, data.test_x]), data.mean, data.std, device)
     logits = {"train": _train_rows(all_logits[: len(train_x)], inferred), "test": all_logits[len(train_x) :].clone()}
-    inferred = torch.ones_like(train_forget) if inferred is None else inferred
-    outputs = split_outputs(logits, data, train_forget, test_forget, inferred)
+    kept = torch.ones_like(train_forget) if inferred is None else inferred
+    outputs = split_outputs(logits, data, train_forget, test_forget, kept)
     metrics: dict = {}
     for split, (split_logits, y) in outputs.items():
         metrics.update({f"{split}_{k}": v for k, v in classification_metrics(split_logits, y).items()})
     metrics.update(privacy_metrics(outputs))
-    metrics["train_class_accuracy"] = per_class_accuracy(
-        logits["train"][inferred], data.train_y[inferred], data.num_classes
-    )
+    metrics["train_class_accuracy"] = per_class_accuracy(logits["train"][kept], data.train_y[kept], data.num_classes)
     metrics["test_class_accuracy"] = per_class_accuracy(logits["test"], data.test_y, data.num_classes)
     metrics["eval_seconds"] = time.perf_counter() - started
     return metrics, logits
